@@ -1,0 +1,51 @@
+# Every target sets up .venv itself, so a machine with only Python can run any of them.
+PYTHON ?= python3
+TORCH  ?= torch==2.13.0
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export MPLBACKEND := Agg
+
+.PHONY: install test export-check nbtest pytest train bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, pinned: an unpinned torch resolved by pip would pull a multi-GB CUDA build.
+# Everything else in one pip call so the nbdev 2 pins (fastcore<2, execnb<0.2) hold against fastprogress.
+$(STAMP): $(BIN)/python setup.py settings.ini
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(STAMP)
+
+test: export-check nbtest pytest
+
+export-check: $(STAMP)
+	@tmp=$$(mktemp -d) && cp -r exp_lib "$$tmp/before" && \
+	$(BIN)/nbdev_export && \
+	changed=$$(diff -rq -x __pycache__ "$$tmp/before" exp_lib | sed -e "s|$$tmp/before|exp_lib|g"); \
+	rm -rf "$$tmp"; \
+	if [ -n "$$changed" ]; then \
+	  echo "nbdev_export changed exp_lib/: the notebooks and the package disagree."; \
+	  echo "$$changed"; \
+	  echo "Edit the notebook, run nbdev_export, and commit notebook and module together."; \
+	  exit 1; \
+	fi; echo "export check: exp_lib/ matches the notebooks"
+
+nbtest: $(STAMP)
+	$(BIN)/nbdev_test --do_print --timing
+
+# pytest exits 5 when it collects nothing; that is not a failure while tests/ is empty.
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q tests/ || [ $$? -eq 5 ]
+
+train: $(STAMP)
+	$(BIN)/exp_lib_train
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info
