@@ -6,7 +6,7 @@
 __all__ = ['SuggestedLRs', 'Recorder', 'annealer', 'sched_lin', 'sched_cos', 'sched_no', 'sched_exp', 'combine_scheds',
            'cos_1cycle_anneal', 'ParamScheduler', 'LRFinder']
 
-# %% ../nbs/05_anneal.ipynb #ea900fd6
+# %% ../nbs/05_anneal.ipynb #cd8a46c5
 import copy, math
 from bisect import bisect_right
 from collections import namedtuple
@@ -19,7 +19,7 @@ from .minibatch import accuracy
 from .callbacks import (Callback, Learner, TrainEvalCallback, ProgressCallback, AvgStatsCallback,
                                CancelFitException, CancelValidException, defaults)
 
-# %% ../nbs/05_anneal.ipynb #4ff9ded2
+# %% ../nbs/05_anneal.ipynb #b2471431
 class Recorder(Callback):
     "Per-batch losses, smoothed loss and hypers (per parameter group) of the training batches, with plots."
     order = 60
@@ -59,7 +59,7 @@ class Recorder(Callback):
         "The latest smoothed loss (a tensor)."
         return self._avgs[-1] / (1 - self.beta ** len(self._avgs)) if self._avgs else torch.tensor(float('nan'))
 
-# %% ../nbs/05_anneal.ipynb #dfa462fa
+# %% ../nbs/05_anneal.ipynb #b1129113
 @patch
 def plot_loss(self:Recorder, skip_start=5, with_valid=True, ax=None):
     "Smoothed training loss per batch (from batch `skip_start`) and, if `with_valid`, the validation loss per epoch."
@@ -87,10 +87,10 @@ def plot_sched(self:Recorder, pgid=-1, figsize=None):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_anneal.ipynb #0d6c5e7d
-if Recorder not in defaults.callbacks: defaults.callbacks.append(Recorder)
+# %% ../nbs/05_anneal.ipynb #a43d5bc7
+defaults.callbacks = [c for c in defaults.callbacks if c.__name__ != 'Recorder'] + [Recorder]
 
-# %% ../nbs/05_anneal.ipynb #0ba1925a
+# %% ../nbs/05_anneal.ipynb #96eb6a01
 def annealer(f):
     "Decorator: `f(start, end, pos)` becomes `f(start, end)` returning a schedule `pos -> value`."
     def _inner(start, end): return partial(f, start, end)
@@ -120,7 +120,7 @@ def sched_exp(start, end, pos):
     if start * end <= 0: raise ValueError(f"sched_exp needs start and end of the same sign and not 0, got start={start}, end={end}.")
     return start if pos <= 0 else end if pos >= 1 else start * (end / start) ** pos
 
-# %% ../nbs/05_anneal.ipynb #e8036c68
+# %% ../nbs/05_anneal.ipynb #c9a4c8b5
 def combine_scheds(pcts, scheds):
     "One schedule that runs `scheds[i]` over the share `pcts[i]` of training."
     pcts, scheds = list(pcts), list(scheds)
@@ -140,7 +140,7 @@ def cos_1cycle_anneal(start, high, end):
     "Cosine up from `start` to `high`, then cosine down to `end`."
     return [sched_cos(start, high), sched_cos(high, end)]
 
-# %% ../nbs/05_anneal.ipynb #20c71ba5
+# %% ../nbs/05_anneal.ipynb #101f994e
 class ParamScheduler(Callback):
     "Sets hyper `pname` of each parameter group from `sched_funcs` (one, or one per group) at every training batch."
     order = 1
@@ -162,7 +162,7 @@ class ParamScheduler(Callback):
         if not learn.training: return
         for f, pg in zip(self.fs, learn.opt.param_groups): pg[self.pname] = f(learn.pct_train)
 
-# %% ../nbs/05_anneal.ipynb #1e358ea4
+# %% ../nbs/05_anneal.ipynb #7ac791be
 SuggestedLRs = namedtuple('SuggestedLRs', ['minimum', 'steep'])
 
 class LRFinder(Callback):
@@ -207,7 +207,7 @@ class LRFinder(Callback):
         ax.legend()
         return ax
 
-# %% ../nbs/05_anneal.ipynb #b3b81f84
+# %% ../nbs/05_anneal.ipynb #2252ee63
 def _snapshot(learn):
     return dict(model=copy.deepcopy(learn.model.state_dict()), opt=copy.deepcopy(learn.opt.state_dict()),
                 rng=torch.get_rng_state(), training=learn.model.training)

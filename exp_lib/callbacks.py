@@ -5,20 +5,21 @@
 # %% auto #0
 __all__ = ['DataLoaders', 'event', 'defaults', 'DataBunch', 'CancelBatchException', 'CancelTrainException',
            'CancelValidException', 'CancelEpochException', 'CancelFitException', 'Callback', 'sort_by_run',
-           'trainable_params', 'print_row', 'Learner', 'add_cb', 'remove_cb', 'add_cbs', 'remove_cbs', 'added_cbs',
-           'removed_cbs', 'set_hyper', 'TrainEvalCallback', 'AvgStats', 'AvgStatsCallback', 'ProgressCallback']
+           'trainable_params', 'print_row', 'Learner', 'TrainEvalCallback', 'AvgStats', 'AvgStatsCallback',
+           'ProgressCallback']
 
-# %% ../nbs/04_callbacks.ipynb #d682a896
+# %% ../nbs/04_callbacks.ipynb #949a29db
 import contextlib, difflib, re, time, warnings
 from functools import partial
 from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 from torch import nn, optim
+from fastcore.basics import patch
 from fastprogress.fastprogress import master_bar, progress_bar
 from .minibatch import DataLoader, Dataset, accuracy, get_dls
 
-# %% ../nbs/04_callbacks.ipynb #20b40431
+# %% ../nbs/04_callbacks.ipynb #5bd9c92a
 class DataBunch:
     "The training and validation `DataLoader`s of a task, and its number of classes `c`."
     def __init__(self, train_dl, valid_dl=None, c=None): self.train_dl, self.valid_dl, self.c = train_dl, valid_dl, c
@@ -30,7 +31,7 @@ class DataBunch:
 
 DataLoaders = DataBunch
 
-# %% ../nbs/04_callbacks.ipynb #7d70b0c8
+# %% ../nbs/04_callbacks.ipynb #f8e3e532
 _events = ('before_fit before_epoch before_train before_batch after_pred after_loss after_backward after_step '
            'after_cancel_batch after_batch after_cancel_train after_train before_validate after_cancel_validate '
            'after_validate after_cancel_epoch after_epoch after_cancel_fit after_fit').split()
@@ -47,7 +48,7 @@ class CancelEpochException(Exception):
 class CancelFitException(Exception):
     "End training now: `after_cancel_fit`, `after_fit`."
 
-# %% ../nbs/04_callbacks.ipynb #bd650180
+# %% ../nbs/04_callbacks.ipynb #b966d710
 _learner_state = set('model data loss_func opt opt_func cbs dl xb yb pred loss n_epoch epoch iter n_iter training'.split())
 
 def _camel2snake(name): return re.sub(r'([a-z0-9])([A-Z])', r'\1_\2', re.sub(r'(.)([A-Z][a-z]+)', r'\1_\2', name)).lower()
@@ -92,7 +93,7 @@ def _check_events(cb):
         guess = _nearest_event(k)
         if guess: warnings.warn(f"{type(cb).__name__}.{k} is not an event, so it will never be called; did you mean {guess}?", stacklevel=3)
 
-# %% ../nbs/04_callbacks.ipynb #85d0da53
+# %% ../nbs/04_callbacks.ipynb #f572be39
 def _matches(spec, cb):
     specs = spec if isinstance(spec, (list, tuple)) else [] if spec is None else [spec]
     return any(isinstance(cb, s) if isinstance(s, type) else type(cb).__name__ == s for s in specs)
@@ -112,7 +113,7 @@ def sort_by_run(cbs):
         done.add(i); res.append(cbs[i])
     return res
 
-# %% ../nbs/04_callbacks.ipynb #98389214
+# %% ../nbs/04_callbacks.ipynb #d4e344a1
 def trainable_params(m):
     "The parameters of `m` that require a gradient."
     return [p for p in m.parameters() if p.requires_grad]
@@ -129,7 +130,7 @@ def print_row(items):
 
 defaults = SimpleNamespace(opt_func=optim.SGD, lr=0.1, callbacks=[])
 
-# %% ../nbs/04_callbacks.ipynb #70fff4c4
+# %% ../nbs/04_callbacks.ipynb #3847678f
 class Learner:
     "Trains `model` on `data` with `loss_func` and an optimizer from `opt_func`; callbacks customise every step."
     def __init__(self, model, data,
@@ -218,19 +219,20 @@ class Learner:
             self('after_fit')
         return self
 
-# %% ../nbs/04_callbacks.ipynb #0492569b
-def _set_cbs(self, cbs):
+# %% ../nbs/04_callbacks.ipynb #1b8e2d30
+@patch
+def _set_cbs(self:Learner, cbs):
     "Sort `cbs` and rebuild the event -> handlers table; raises (changing nothing) if they cannot be ordered."
     cbs = sort_by_run(cbs)
     self._handlers = {e: tuple(getattr(cb, e) for cb in cbs if e in vars(cb) or hasattr(type(cb), e)) for e in _events}
     self.cbs = cbs
-Learner._set_cbs = _set_cbs
 
-def _attach(self, cb):
-    cb.learn = self
-    setattr(self, cb.name, cb)
+def _attach(learn, cb):
+    cb.learn = learn
+    setattr(learn, cb.name, cb)
 
-def add_cb(self, cb):
+@patch
+def add_cb(self:Learner, cb):
     "Attach callback `cb` (an instance or a class) and expose it as `learn.<cb.name>`."
     if isinstance(cb, type): cb = cb()
     if not isinstance(cb, Callback): raise TypeError(f"add_cb expects a Callback instance or class, got {cb!r}.")
@@ -240,9 +242,9 @@ def add_cb(self, cb):
     self._set_cbs(self.cbs + [cb])
     _attach(self, cb)
     return cb
-Learner.add_cb = add_cb
 
-def remove_cb(self, cb):
+@patch
+def remove_cb(self:Learner, cb):
     "Detach callback `cb`, or every callback of class `cb`."
     gone = [o for o in self.cbs if (isinstance(o, cb) if isinstance(cb, type) else o is cb)]
     if any(isinstance(o, TrainEvalCallback) for o in gone):
@@ -251,23 +253,25 @@ def remove_cb(self, cb):
     for o in gone:
         if getattr(self, o.name, None) is o: delattr(self, o.name)
         o.learn = None
-Learner.remove_cb = remove_cb
 
-def add_cbs(self, cbs): return [self.add_cb(cb) for cb in cbs]
-def remove_cbs(self, cbs):
-    for cb in cbs: self.remove_cb(cb)
-Learner.add_cbs, Learner.remove_cbs = add_cbs, remove_cbs
+@patch
+def add_cbs(self:Learner, cbs): return [self.add_cb(cb) for cb in cbs]
 
+@patch
+def remove_cbs(self:Learner, cbs):
+    for cb in list(cbs): self.remove_cb(cb)
+
+@patch
 @contextlib.contextmanager
-def added_cbs(self, cbs):
+def added_cbs(self:Learner, cbs):
     "Context manager: `cbs` are attached inside the block and detached after it, even if it fails."
     added = self.add_cbs(cbs or [])
     try: yield added
     finally: self.remove_cbs(added)
-Learner.added_cbs = added_cbs
 
+@patch
 @contextlib.contextmanager
-def removed_cbs(self, cbs):
+def removed_cbs(self:Learner, cbs):
     "Context manager: `cbs` (instances) are detached inside the block and attached again after it."
     cbs = list(cbs)
     self.remove_cbs(cbs)
@@ -275,17 +279,16 @@ def removed_cbs(self, cbs):
     finally:
         self._set_cbs(self.cbs + cbs)
         for cb in cbs: _attach(self, cb)
-Learner.removed_cbs = removed_cbs
 
-def set_hyper(self, name, val):
+@patch
+def set_hyper(self:Learner, name, val):
     "Set hyper-parameter `name` of every parameter group to `val` (or `val[i]` for group `i`)."
     pgs = self.opt.param_groups
     vals = list(val) if isinstance(val, (list, tuple)) else [val] * len(pgs)
     if len(vals) != len(pgs): raise ValueError(f"{len(vals)} values given for {name!r} but the optimizer has {len(pgs)} parameter groups.")
     for pg, v in zip(pgs, vals): pg[name] = v
-Learner.set_hyper = set_hyper
 
-# %% ../nbs/04_callbacks.ipynb #4f6b05b5
+# %% ../nbs/04_callbacks.ipynb #69e4f89e
 class TrainEvalCallback(Callback):
     "Switches the model between train and eval mode and keeps `train_iter` and `pct_train`."
     order = -10
@@ -298,7 +301,7 @@ class TrainEvalCallback(Callback):
         if self.learn.training: self.learn.train_iter += 1
     def before_validate(self): self.learn.model.eval()
 
-# %% ../nbs/04_callbacks.ipynb #d4cb7f63
+# %% ../nbs/04_callbacks.ipynb #d8828064
 def _metric_name(m):
     f = getattr(m, 'func', m)
     return getattr(f, '__name__', type(f).__name__)
@@ -343,7 +346,7 @@ class AvgStatsCallback(Callback):
         self.history.append(row)
         self.learn.logger([str(row['epoch'])] + [f'{v:.6f}' for v in [tl, vl, *mets]] + [_fmt_time(row['time'])])
 
-# %% ../nbs/04_callbacks.ipynb #43f3c0bf
+# %% ../nbs/04_callbacks.ipynb #84ddfb68
 class ProgressCallback(Callback):
     "fastprogress bars over epochs and batches; the epoch table is written under them."
     order, run_before = -5, AvgStatsCallback
