@@ -6,20 +6,21 @@
 __all__ = ['DataLoaders', 'event', 'defaults', 'DataBunch', 'CancelBatchException', 'CancelTrainException',
            'CancelValidException', 'CancelEpochException', 'CancelFitException', 'Callback', 'sort_by_run',
            'trainable_params', 'print_row', 'Learner', 'TrainEvalCallback', 'AvgStats', 'AvgStatsCallback',
-           'ProgressCallback']
+           'ProgressCallback', 'atomic_save']
 
-# %% ../nbs/04_callbacks.ipynb #949a29db
-import contextlib, difflib, re, time, warnings
+# %% ../nbs/04_callbacks.ipynb #9fc37a54
+import contextlib, difflib, os, random, re, sys, time, warnings
+from pathlib import Path
 from functools import partial
 from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 from torch import nn, optim
 from fastcore.basics import patch
-from fastprogress.fastprogress import master_bar, progress_bar
+from fastprogress.fastprogress import master_bar, progress_bar, NBMasterBar
 from .minibatch import DataLoader, Dataset, accuracy, get_dls
 
-# %% ../nbs/04_callbacks.ipynb #5bd9c92a
+# %% ../nbs/04_callbacks.ipynb #9c136577
 class DataBunch:
     "The training and validation `DataLoader`s of a task, and its number of classes `c`."
     def __init__(self, train_dl, valid_dl=None, c=None): self.train_dl, self.valid_dl, self.c = train_dl, valid_dl, c
@@ -31,7 +32,7 @@ class DataBunch:
 
 DataLoaders = DataBunch
 
-# %% ../nbs/04_callbacks.ipynb #f8e3e532
+# %% ../nbs/04_callbacks.ipynb #00e70e8c
 _events = ('before_fit before_epoch before_train before_batch after_pred after_loss after_backward after_step '
            'after_cancel_batch after_batch after_cancel_train after_train before_validate after_cancel_validate '
            'after_validate after_cancel_epoch after_epoch after_cancel_fit after_fit').split()
@@ -48,7 +49,7 @@ class CancelEpochException(Exception):
 class CancelFitException(Exception):
     "End training now: `after_cancel_fit`, `after_fit`."
 
-# %% ../nbs/04_callbacks.ipynb #b966d710
+# %% ../nbs/04_callbacks.ipynb #04814140
 _learner_state = set('model data loss_func opt opt_func cbs dl xb yb pred loss n_epoch epoch iter n_iter training'.split())
 
 def _camel2snake(name): return re.sub(r'([a-z0-9])([A-Z])', r'\1_\2', re.sub(r'(.)([A-Z][a-z]+)', r'\1_\2', name)).lower()
@@ -93,7 +94,7 @@ def _check_events(cb):
         guess = _nearest_event(k)
         if guess: warnings.warn(f"{type(cb).__name__}.{k} is not an event, so it will never be called; did you mean {guess}?", stacklevel=3)
 
-# %% ../nbs/04_callbacks.ipynb #f572be39
+# %% ../nbs/04_callbacks.ipynb #66076eb6
 def _matches(spec, cb):
     specs = spec if isinstance(spec, (list, tuple)) else [] if spec is None else [spec]
     return any(isinstance(cb, s) if isinstance(s, type) else type(cb).__name__ == s for s in specs)
@@ -113,7 +114,7 @@ def sort_by_run(cbs):
         done.add(i); res.append(cbs[i])
     return res
 
-# %% ../nbs/04_callbacks.ipynb #d4e344a1
+# %% ../nbs/04_callbacks.ipynb #4844a12b
 def trainable_params(m):
     "The parameters of `m` that require a gradient."
     return [p for p in m.parameters() if p.requires_grad]
@@ -130,7 +131,7 @@ def print_row(items):
 
 defaults = SimpleNamespace(opt_func=optim.SGD, lr=0.1, callbacks=[])
 
-# %% ../nbs/04_callbacks.ipynb #3847678f
+# %% ../nbs/04_callbacks.ipynb #44b7fe9a
 class Learner:
     "Trains `model` on `data` with `loss_func` and an optimizer from `opt_func`; callbacks customise every step."
     def __init__(self, model, data,
@@ -219,7 +220,7 @@ class Learner:
             self('after_fit')
         return self
 
-# %% ../nbs/04_callbacks.ipynb #1b8e2d30
+# %% ../nbs/04_callbacks.ipynb #5c573e24
 @patch
 def _set_cbs(self:Learner, cbs):
     "Sort `cbs` and rebuild the event -> handlers table; raises (changing nothing) if they cannot be ordered."
@@ -288,11 +289,13 @@ def set_hyper(self:Learner, name, val):
     if len(vals) != len(pgs): raise ValueError(f"{len(vals)} values given for {name!r} but the optimizer has {len(pgs)} parameter groups.")
     for pg, v in zip(pgs, vals): pg[name] = v
 
-# %% ../nbs/04_callbacks.ipynb #69e4f89e
+# %% ../nbs/04_callbacks.ipynb #c7c2b723
 class TrainEvalCallback(Callback):
     "Switches the model between train and eval mode and keeps `train_iter` and `pct_train`."
     order = -10
-    def before_fit(self): self.learn.train_iter, self.learn.pct_train = 0, self.learn.start_epoch / self.learn.n_epoch
+    def before_fit(self):
+        self.learn.train_iter, self.learn.pct_train = 0, self.learn.start_epoch / self.learn.n_epoch
+        self.learn.epochs_done = self.learn.start_epoch
     def before_train(self): self.learn.model.train()
     def before_batch(self):
         learn = self.learn
@@ -300,8 +303,9 @@ class TrainEvalCallback(Callback):
     def after_batch(self):
         if self.learn.training: self.learn.train_iter += 1
     def before_validate(self): self.learn.model.eval()
+    def after_epoch(self): self.learn.epochs_done = self.learn.epoch + 1
 
-# %% ../nbs/04_callbacks.ipynb #d8828064
+# %% ../nbs/04_callbacks.ipynb #4f4a678a
 def _metric_name(m):
     f = getattr(m, 'func', m)
     return getattr(f, '__name__', type(f).__name__)
@@ -346,21 +350,80 @@ class AvgStatsCallback(Callback):
         self.history.append(row)
         self.learn.logger([str(row['epoch'])] + [f'{v:.6f}' for v in [tl, vl, *mets]] + [_fmt_time(row['time'])])
 
-# %% ../nbs/04_callbacks.ipynb #84ddfb68
+# %% ../nbs/04_callbacks.ipynb #ea0325d4
+def _bars_wanted():
+    "HTML bars in a notebook, text bars on a terminal, none when output goes to a file or a pipe."
+    return master_bar is NBMasterBar or sys.stdout.isatty()
+
 class ProgressCallback(Callback):
     "fastprogress bars over epochs and batches; the epoch table is written under them."
     order, run_before = -5, AvgStatsCallback
     def before_fit(self):
+        self.mbar = self.pbar = None
+        if not _bars_wanted(): return
         self.mbar = master_bar(range(self.learn.n_epoch))
         self.mbar.on_iter_begin()
         self.old_logger, self.learn.logger = self.learn.logger, partial(self.mbar.write, table=True)
-    def before_epoch(self): self.mbar.update(self.learn.epoch)
+    def before_epoch(self):
+        if self.mbar: self.mbar.update(self.learn.epoch)
     def _launch(self):
+        if not self.mbar: return
         self.pbar = progress_bar(self.learn.dl, parent=self.mbar, leave=False)
         self.pbar.update(0)
     before_train = before_validate = _launch
-    def after_batch(self): self.pbar.update(self.learn.iter + 1)
+    def after_batch(self):
+        if self.pbar: self.pbar.update(self.learn.iter + 1)
     def after_fit(self):
-        if hasattr(self, 'pbar'): self.pbar.on_iter_end()
+        if not self.mbar: return
+        if self.pbar: self.pbar.on_iter_end()
         self.mbar.on_iter_end()
         self.learn.logger = self.old_logger
+
+# %% ../nbs/04_callbacks.ipynb #ec807b48
+_CKPT_FORMAT = 'exp_lib checkpoint 1'
+
+def atomic_save(obj, path):
+    "`torch.save` `obj` to `path` through a temporary file and a rename, so `path` is never half-written."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists(): tmp.unlink()
+    return path
+
+def _check_fits(model, sd, path):
+    "Raise, naming `path`, if the weights `sd` do not fit `model` (missing, unexpected or reshaped entries)."
+    own = model.state_dict()
+    missing, unexpected = [k for k in own if k not in sd], [k for k in sd if k not in own]
+    reshaped = [f"{k}: saved {tuple(sd[k].shape)}, model {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or reshaped:
+        parts = [f"missing {missing[:5]}" if missing else '', f"unexpected {unexpected[:5]}" if unexpected else '',
+                 f"shape mismatch {reshaped[:5]}" if reshaped else '']
+        raise ValueError(f"The weights in {path} do not fit this model: " + '; '.join(o for o in parts if o) + '.')
+
+@patch
+def save(self:Learner, path, with_opt=True):
+    "Save model, optimizer (if `with_opt`), epochs done and RNG states to `path`, atomically."
+    return atomic_save({'format': _CKPT_FORMAT, 'model': self.model.state_dict(),
+                        'opt': self.opt.state_dict() if with_opt else None, 'epochs_done': getattr(self, 'epochs_done', 0),
+                        'rng': {'torch': torch.get_rng_state(), 'python': random.getstate()}}, path)
+
+@patch
+def load(self:Learner, path, with_opt=True):
+    "Load a checkpoint written by `save`: weights, optimizer state (if `with_opt` and saved), epochs done, RNG states."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"No checkpoint at {path}.")
+    try: ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e: raise ValueError(f"{path} is not an exp_lib checkpoint: torch.load failed ({type(e).__name__}: {str(e)[:200]}).") from e
+    if not isinstance(ckpt, dict) or ckpt.get('format') != _CKPT_FORMAT:
+        raise ValueError(f"{path} is not an exp_lib checkpoint (no '{_CKPT_FORMAT}' marker); it may hold bare weights: use model.load_state_dict(torch.load(path)).")
+    _check_fits(self.model, ckpt['model'], path)
+    self.model.load_state_dict(ckpt['model'])
+    if with_opt and ckpt['opt'] is not None: self.opt.load_state_dict(ckpt['opt'])
+    torch.set_rng_state(ckpt['rng']['torch'])
+    random.setstate(ckpt['rng']['python'])
+    self.epochs_done = ckpt['epochs_done']
+    return self

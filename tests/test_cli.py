@@ -1,0 +1,69 @@
+"The `exp_lib_train` command, run as a user runs it: a subprocess of the installed console script."
+import csv, re, subprocess, sys
+import pytest
+
+def final_accuracy(stdout):
+    m = re.search(r'final validation accuracy: ([0-9.]+)', stdout)
+    assert m, stdout
+    return float(m.group(1))
+
+def test_default_run_reaches_the_bar_and_writes_plots(cli, tmp_path):
+    r = cli(cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    header = next(l for l in r.stdout.splitlines() if l.split()[:1] == ['epoch'])
+    assert header.split() == ['epoch', 'train_loss', 'valid_loss', 'accuracy', 'time']
+    rows = [l.split() for l in r.stdout.splitlines() if re.match(r'\s*\d+\s+\d', l)]
+    assert [int(o[0]) for o in rows] == [0, 1, 2, 3, 4]
+    assert final_accuracy(r.stdout) >= 0.93
+    out = tmp_path/'exp_lib_out'
+    for name in ('loss.png', 'schedule.png'):
+        assert (out/name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', name
+
+def test_compare_writes_table_and_plot(cli, tmp_path):
+    r = cli('--compare', 'sgd,momentum,rmsprop,adam', '--epochs', '2', '--out', tmp_path, '--no-progress')
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(tmp_path/'compare.csv')))
+    assert [o['optimizer'] for o in rows] == ['sgd', 'momentum', 'rmsprop', 'adam']
+    assert all(0.5 < float(o['accuracy']) <= 1 for o in rows)
+    md = (tmp_path/'compare.md').read_text()
+    assert md.startswith('| optimizer | lr | train_loss | valid_loss | accuracy | time |') and md.count('\n') == 6
+    assert '| adam |' in r.stdout
+    assert (tmp_path/'compare.png').read_bytes()[:4] == b'\x89PNG'
+
+def test_save_writes_a_checkpoint_the_package_loads(cli, tmp_path):
+    r = cli('--epochs', '1', '--out', tmp_path, '--no-progress', '--save', tmp_path/'m.pt', '--opt', 'momentum')
+    assert r.returncode == 0, r.stderr
+    code = ("import sys; from exp_lib.all import *; from functools import partial\n"
+            "x, y, xv, yv = get_mnist(); data = DataBunch(*get_dls(Dataset(x, y), Dataset(xv, yv), 64), c=10)\n"
+            "learn = Learner(make_model(), data, opt_func=partial(SGD, mom=0.9), lr=0.1, metrics=[accuracy], progress=False, logger=lambda r: None)\n"
+            "learn.load(sys.argv[1]); learn.fit(1, lr=0.)\n"
+            "print(learn.epochs_done, learn.avg_stats.history[-1]['accuracy'])")
+    p = subprocess.run([sys.executable, '-c', code, str(tmp_path/'m.pt')], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    epochs, acc = p.stdout.split()
+    assert int(epochs) == 1 and abs(float(acc) - final_accuracy(r.stdout)) < 1e-6
+
+def test_lr_auto_runs_lr_find_first(cli, tmp_path):
+    r = cli('--lr', 'auto', '--epochs', '1', '--out', tmp_path, '--no-progress')
+    assert r.returncode == 0, r.stderr
+    assert re.search(r'lr_find suggests lr=[0-9.e-]+', r.stdout)
+    assert (tmp_path/'lr_find.png').exists()
+
+@pytest.mark.parametrize('args, message', [
+    (['--opt', 'adamax'], "invalid choice: 'adamax' (choose from 'sgd', 'momentum'"),
+    (['--compare', 'sgd,nadam'], "unknown optimizer(s) ['nadam']"),
+    (['--lr', '-0.1'], 'must be positive, got -0.1'),
+    (['--lr', '0'], 'must be positive, got 0'),
+    (['--epochs', '0'], 'must be positive, got 0'),
+    (['--bs', '-3'], 'must be positive, got -3'),
+    (['--data', '{tmp}/nowhere'], 'nowhere does not exist'),
+    (['--data', '{tmp}/notes.pkl.gz'], 'notes.pkl.gz is not a complete gzip file'),
+    (['--out', '{tmp}/notes.pkl.gz/sub'], 'cannot write to the output folder'),
+])
+def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, args, message):
+    (tmp_path/'notes.pkl.gz').write_text('not MNIST')
+    args = [a.format(tmp=tmp_path) for a in args]
+    r = cli(*args, '--no-progress', *([] if '--out' in args else ['--out', tmp_path/'o']))
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert message in r.stderr, r.stderr
+    assert 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
