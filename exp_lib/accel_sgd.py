@@ -9,7 +9,7 @@ __all__ = ['optimizer_choices', 'ParamGroup', 'Optimizer', 'weight_decay', 'l2_r
            'OptimWrapper', 'TerminateOnNaNCallback', 'ModelResetter', 'RNNRegularizer', 'compare_optimizers',
            'plot_comparison']
 
-# %% ../nbs/16_accel_sgd.ipynb #292f89de
+# %% ../nbs/16_accel_sgd.ipynb #239962cb
 import math, time
 from collections.abc import MutableMapping
 from functools import partial
@@ -19,7 +19,7 @@ from fastcore.basics import patch
 from .callbacks import (Callback, Learner, CancelFitException, AvgStatsCallback, defaults, _param_groups)
 from .anneal import ParamScheduler, Recorder, combine_scheds, sched_cos
 
-# %% ../nbs/16_accel_sgd.ipynb #38ea8ee5
+# %% ../nbs/16_accel_sgd.ipynb #651ef67d
 def _cb_attr(cb, name):
     "Attribute `name` of optimizer callback `cb`, looking through a `functools.partial`."
     return getattr(cb, name, None) or getattr(getattr(cb, 'func', None), name, None)
@@ -38,7 +38,7 @@ def _merge_state(state, res, cb):
         raise TypeError(f"Optimizer callback {_cb_name(cb)} returned a {type(res).__name__}; it must return a dict of state or None.")
     state.update(res)
 
-# %% ../nbs/16_accel_sgd.ipynb #40525fe4
+# %% ../nbs/16_accel_sgd.ipynb #dd21f5af
 class ParamGroup(MutableMapping):
     "A torch-style view of one parameter group: `'params'` and the group's hypers; writes reach the hypers."
     def __init__(self, params, hyper): self.params, self.hyper = params, hyper
@@ -52,7 +52,7 @@ class ParamGroup(MutableMapping):
     def __len__(self): return len(self.hyper) + 1
     def __repr__(self): return f"ParamGroup({len(self.params)} params, {self.hyper})"
 
-# %% ../nbs/16_accel_sgd.ipynb #54883e82
+# %% ../nbs/16_accel_sgd.ipynb #6480f9e5
 class Optimizer:
     "Steps parameter groups by running the optimizer callbacks `cbs` on each parameter, with per-group hypers."
     def __init__(self, params, cbs, **defaults):
@@ -78,7 +78,7 @@ class Optimizer:
     def all_params(self): return [p for ps in self.param_lists for p in ps]
     def __repr__(self): return f"Optimizer({len(self.param_lists)} groups, cbs=[{', '.join(map(_cb_name, self.cbs))}], {self.hypers[0]})"
 
-# %% ../nbs/16_accel_sgd.ipynb #3ee61f34
+# %% ../nbs/16_accel_sgd.ipynb #2ad6fbaf
 @patch
 def zero_grad(self:Optimizer):
     "Detach and zero the gradient of every parameter."
@@ -105,7 +105,7 @@ def step(self:Optimizer):
             self._cache.pop(gi, None)
             self._step_per_param(ps, hyper)
 
-# %% ../nbs/16_accel_sgd.ipynb #42d0d9c8
+# %% ../nbs/16_accel_sgd.ipynb #45a793b6
 def weight_decay(p, lr, wd, **kwargs):
     "Decoupled weight decay: shrink `p` towards 0 by `lr*wd`."
     if wd: p.mul_(1 - lr * wd)
@@ -131,14 +131,14 @@ def momentum_step(p, lr, grad_avg, **kwargs):
     "SGD step along the averaged gradient."
     p.add_(grad_avg, alpha=-lr)
 
-# %% ../nbs/16_accel_sgd.ipynb #268c12cf
+# %% ../nbs/16_accel_sgd.ipynb #a2e5f2d8
 def SGD(params, lr, mom=0., wd=0., decouple_wd=True):
     "SGD, with momentum if `mom`, and weight decay (decoupled, or L2 if not `decouple_wd`)."
     cbs = [weight_decay] if decouple_wd else [l2_reg]
     cbs += [average_grad, momentum_step] if mom else [sgd_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, wd=wd)
 
-# %% ../nbs/16_accel_sgd.ipynb #e664be23
+# %% ../nbs/16_accel_sgd.ipynb #7ef709d7
 def average_sqr_grad(p, sqr_mom, dampening=True, sqr_avg=None, **kwargs):
     "Moving average of the squared gradients in state `sqr_avg`."
     if sqr_avg is None: sqr_avg = torch.zeros_like(p.grad)
@@ -157,7 +157,7 @@ def RMSProp(params, lr, sqr_mom=0.99, mom=0., eps=1e-8, wd=0., decouple_wd=True)
     cbs += ([average_grad] if mom else []) + [average_sqr_grad, rms_prop_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
 
-# %% ../nbs/16_accel_sgd.ipynb #e37f00ae
+# %% ../nbs/16_accel_sgd.ipynb #9db5f1bc
 def step_stat(p, step=0, **kwargs):
     "Count the steps taken by `p` in state `step`."
     return {'step': step + 1}
@@ -178,7 +178,7 @@ def Adam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01, decouple_wd=True)
     cbs += [partial(average_grad, dampening=True), average_sqr_grad, step_stat, adam_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
 
-# %% ../nbs/16_accel_sgd.ipynb #b6ed9e14
+# %% ../nbs/16_accel_sgd.ipynb #ca5654c1
 def radam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     "RAdam: momentum steps while the variance of the adaptive term is untrustworthy, then rectified Adam steps."
     debias1, debias2 = debias(mom, 1 - mom, step), debias(sqr_mom, 1 - sqr_mom, step)
@@ -196,7 +196,7 @@ def RAdam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., decouple_wd=True):
     cbs += [partial(average_grad, dampening=True), average_sqr_grad, step_stat, radam_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
 
-# %% ../nbs/16_accel_sgd.ipynb #0ac9753b
+# %% ../nbs/16_accel_sgd.ipynb #4756eef4
 def lamb_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     "LAMB: Adam's step rescaled by the layer's trust ratio `||p|| / ||step||`."
     debias1, debias2 = debias(mom, 1 - mom, step), debias(sqr_mom, 1 - sqr_mom, step)
@@ -212,7 +212,7 @@ def Lamb(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-6, wd=0., decouple_wd=True):
     cbs += [partial(average_grad, dampening=True), average_sqr_grad, step_stat, lamb_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
 
-# %% ../nbs/16_accel_sgd.ipynb #03b60b83
+# %% ../nbs/16_accel_sgd.ipynb #a68437c0
 class Lookahead:
     "Wraps `opt`: every `k` steps, slow weights move `alpha` of the way to the fast ones, which restart from them."
     def __init__(self, opt, k=6, alpha=0.5):
@@ -244,7 +244,7 @@ def ranger(params, lr, mom=0.95, wd=0.01, eps=1e-6, k=6, alpha=0.5, **kwargs):
     "RAdam inside Lookahead."
     return Lookahead(RAdam(params, lr=lr, mom=mom, wd=wd, eps=eps, **kwargs), k=k, alpha=alpha)
 
-# %% ../nbs/16_accel_sgd.ipynb #4e48c825
+# %% ../nbs/16_accel_sgd.ipynb #b787c58a
 def vectorised(cb):
     "Decorator: the decorated function becomes `cb.foreach`, the form of optimizer callback `cb` that takes whole groups."
     def _inner(f):
@@ -297,7 +297,7 @@ def _adam_step(ps, grads, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwar
     torch._foreach_add_(denom, eps)
     torch._foreach_addcdiv_(ps, grad_avg, denom, value=-lr / debias1)
 
-# %% ../nbs/16_accel_sgd.ipynb #3447cd1b
+# %% ../nbs/16_accel_sgd.ipynb #e288fef1
 def _gather(states):
     "Group state from per-parameter states: tensors as lists, equal numbers as one number; `None` if they disagree."
     keys = set(states[0])
@@ -331,7 +331,7 @@ def _step_foreach(self:Optimizer, gi, ps, hyper):
                 for p in ps: self.state[p][k] = v
     return True
 
-# %% ../nbs/16_accel_sgd.ipynb #fe93bba7
+# %% ../nbs/16_accel_sgd.ipynb #01366433
 @patch
 def state_dict(self:Optimizer):
     "Hypers and per-parameter state; parameters are numbered in group order."
@@ -381,7 +381,7 @@ def unfreeze(self:Optimizer):
     "Train every parameter group."
     self.freeze_to(0)
 
-# %% ../nbs/16_accel_sgd.ipynb #2e69794f
+# %% ../nbs/16_accel_sgd.ipynb #5be1304b
 def _hp_map(pg):
     "How exp_lib's hyper names map to the keys of torch parameter group `pg`: a key, or (key, index) into a tuple."
     m = {'lr': 'lr', 'eps': 'eps', 'wd': 'weight_decay'}
@@ -415,14 +415,18 @@ class OptimWrapper:
             if opt is None: raise TypeError("OptimWrapper needs opt=, a torch.optim optimizer class, when given parameters.")
             ours = {k: kwargs.pop(k) for k in ('mom', 'sqr_mom', 'wd') if k in kwargs}
             self.opt = opt(params, **kwargs)
-        self.hp_map = _hp_map(self.opt.param_groups[0])
-        self._views = [TorchParamGroup(pg, self.hp_map) for pg in self.opt.param_groups]
+        self.hp_map, self._views = _hp_map(self.opt.param_groups[0]), []
         if not isinstance(params, torch.optim.Optimizer):
             for k, v in ours.items():
                 if k not in self.hp_map: raise KeyError(f"{type(self.opt).__name__} has no hyper {k!r}; it has {sorted(self.hp_map)}.")
-                for pg in self._views: pg[k] = v
+                for pg in self.param_groups: pg[k] = v
     @property
-    def param_groups(self): return self._views
+    def param_groups(self):
+        "Views of the torch optimizer's current groups (its `load_state_dict` replaces the group dicts)."
+        pgs = self.opt.param_groups
+        if len(pgs) != len(self._views) or any(v.pg is not pg for v, pg in zip(self._views, pgs)):
+            self._views = [TorchParamGroup(pg, self.hp_map) for pg in pgs]
+        return self._views
     def step(self, closure=None): return self.opt.step(closure)
     def zero_grad(self): self.opt.zero_grad()
     def state_dict(self): return self.opt.state_dict()
@@ -430,7 +434,7 @@ class OptimWrapper:
     def clear_state(self): self.opt.state.clear()
     def __repr__(self): return f"OptimWrapper({self.opt!r})"
 
-# %% ../nbs/16_accel_sgd.ipynb #e4e0b453
+# %% ../nbs/16_accel_sgd.ipynb #406b601f
 _create_opt = Learner.create_opt
 @patch
 def create_opt(self:Learner):
@@ -440,7 +444,7 @@ def create_opt(self:Learner):
 
 defaults.opt_func, defaults.lr = Adam, 1e-3
 
-# %% ../nbs/16_accel_sgd.ipynb #dd3d186a
+# %% ../nbs/16_accel_sgd.ipynb #74c1825e
 @patch
 def fit_one_cycle(self:Learner, n_epoch, lr_max=None, div=25., div_final=1e5, pct_start=0.25, moms=(0.95, 0.85, 0.95),
                   wd=None, cbs=None, start_epoch=0):
@@ -457,7 +461,7 @@ def fit_one_cycle(self:Learner, n_epoch, lr_max=None, div=25., div_final=1e5, pc
     if wd is not None: self.set_hyper('wd', wd)
     return self.fit(n_epoch, cbs=scheds + list(cbs or []), start_epoch=start_epoch)
 
-# %% ../nbs/16_accel_sgd.ipynb #9a9e4236
+# %% ../nbs/16_accel_sgd.ipynb #d6023b09
 class TerminateOnNaNCallback(Callback):
     "Ends the fit when the loss is NaN or infinite, before it is recorded or stepped on."
     order, run_before = -9, [AvgStatsCallback, Recorder]
@@ -466,7 +470,7 @@ class TerminateOnNaNCallback(Callback):
             self.learn.nan_at = (self.learn.epoch, self.learn.iter)
             raise CancelFitException()
 
-# %% ../nbs/16_accel_sgd.ipynb #c2d6cb2b
+# %% ../nbs/16_accel_sgd.ipynb #4bba8ae6
 class ModelResetter(Callback):
     "Calls `model.reset()` before training, before validation and after the fit."
     def before_train(self): self.learn.model.reset()
@@ -488,7 +492,7 @@ class RNNRegularizer(Callback):
         if self.beta and self.raw_out.shape[1] > 1: reg = reg + self.beta * (self.raw_out[:, 1:] - self.raw_out[:, :-1]).float().pow(2).mean()
         self.learn.loss = self.learn.loss + reg
 
-# %% ../nbs/16_accel_sgd.ipynb #9ac19bb1
+# %% ../nbs/16_accel_sgd.ipynb #f60cc6af
 optimizer_choices = {
     'sgd':      (partial(SGD),             0.1),
     'momentum': (partial(SGD, mom=0.9),    0.1),

@@ -6,7 +6,7 @@
 __all__ = ['SuggestedLRs', 'Recorder', 'annealer', 'sched_lin', 'sched_cos', 'sched_no', 'sched_exp', 'combine_scheds',
            'cos_1cycle_anneal', 'ParamScheduler', 'LRFinder']
 
-# %% ../nbs/05_anneal.ipynb #cd8a46c5
+# %% ../nbs/05_anneal.ipynb #e165d77e
 import copy, math
 from bisect import bisect_right
 from collections import namedtuple
@@ -19,12 +19,12 @@ from .minibatch import accuracy
 from .callbacks import (Callback, Learner, TrainEvalCallback, ProgressCallback, AvgStatsCallback,
                                CancelFitException, CancelValidException, defaults)
 
-# %% ../nbs/05_anneal.ipynb #b2471431
+# %% ../nbs/05_anneal.ipynb #461b27dd
 class Recorder(Callback):
     "Per-batch losses, smoothed loss and hypers (per parameter group) of the training batches, with plots."
     order = 60
     def __init__(self, beta=0.98): self.beta = beta; self._reset()
-    def _reset(self): self.hypers, self.losses, self._avgs, self.epoch_ends = {}, [], [], []
+    def _reset(self): self.hypers, self.losses, self.epoch_ends, self._smooth, self._avg = {}, [], [], [], 0.
 
     def _hyper_names(self):
         pg, scheduled = self.learn.opt.param_groups[0], [vars(cb)['pname'] for cb in self.learn.cbs if 'pname' in vars(cb)]
@@ -37,10 +37,9 @@ class Recorder(Callback):
     def after_loss(self):
         learn = self.learn
         if not learn.training: return
-        for k, vals in self.hypers.items(): vals.append([pg[k] for pg in learn.opt.param_groups])
-        loss = learn.loss.detach()
-        self.losses.append(loss)
-        self._avgs.append(torch.lerp(self._avgs[-1] if self._avgs else torch.zeros_like(loss), loss, 1 - self.beta))
+        pgs = learn.opt.param_groups
+        for k, vals in self.hypers.items(): vals.append([pg[k] for pg in pgs])
+        self.losses.append(learn.loss.detach())
 
     def after_train(self): self.epoch_ends.append(len(self.losses))
 
@@ -50,16 +49,19 @@ class Recorder(Callback):
 
     @property
     def smooth_losses(self):
-        "Debiased exponential moving average of the loss, one value per training batch."
-        if not self._avgs: return torch.zeros(0)
-        n = torch.arange(1, len(self._avgs) + 1, dtype=torch.float64)
-        return (torch.stack(self._avgs).double() / (1 - self.beta ** n)).float()
+        "Debiased exponential moving average of the loss, one value per training batch (computed when asked)."
+        new = self.losses[len(self._smooth):]
+        if new:
+            for i, l in enumerate(torch.stack(new).double().tolist(), len(self._smooth) + 1):
+                self._avg = self.beta * self._avg + (1 - self.beta) * l
+                self._smooth.append(self._avg / (1 - self.beta ** i))
+        return torch.tensor(self._smooth)
     @property
     def smooth_loss(self):
-        "The latest smoothed loss (a tensor)."
-        return self._avgs[-1] / (1 - self.beta ** len(self._avgs)) if self._avgs else torch.tensor(float('nan'))
+        "The latest smoothed loss."
+        return float(self.smooth_losses[-1]) if self.losses else float('nan')
 
-# %% ../nbs/05_anneal.ipynb #b1129113
+# %% ../nbs/05_anneal.ipynb #46ef2957
 @patch
 def plot_loss(self:Recorder, skip_start=5, with_valid=True, ax=None):
     "Smoothed training loss per batch (from batch `skip_start`) and, if `with_valid`, the validation loss per epoch."
@@ -87,10 +89,10 @@ def plot_sched(self:Recorder, pgid=-1, figsize=None):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_anneal.ipynb #a43d5bc7
+# %% ../nbs/05_anneal.ipynb #51608dea
 defaults.callbacks = [c for c in defaults.callbacks if c.__name__ != 'Recorder'] + [Recorder]
 
-# %% ../nbs/05_anneal.ipynb #96eb6a01
+# %% ../nbs/05_anneal.ipynb #fa27e110
 def annealer(f):
     "Decorator: `f(start, end, pos)` becomes `f(start, end)` returning a schedule `pos -> value`."
     def _inner(start, end): return partial(f, start, end)
@@ -120,7 +122,7 @@ def sched_exp(start, end, pos):
     if start * end <= 0: raise ValueError(f"sched_exp needs start and end of the same sign and not 0, got start={start}, end={end}.")
     return start if pos <= 0 else end if pos >= 1 else start * (end / start) ** pos
 
-# %% ../nbs/05_anneal.ipynb #c9a4c8b5
+# %% ../nbs/05_anneal.ipynb #fae9bed7
 def combine_scheds(pcts, scheds):
     "One schedule that runs `scheds[i]` over the share `pcts[i]` of training."
     pcts, scheds = list(pcts), list(scheds)
@@ -128,8 +130,9 @@ def combine_scheds(pcts, scheds):
     if any(p < 0 for p in pcts) or abs(sum(pcts) - 1) > 1e-6:
         raise ValueError(f"combine_scheds pcts must be >= 0 and sum to 1, got {pcts} (sum {sum(pcts):.6g}).")
     edges = list(accumulate(pcts, initial=0.))
-    edges[-1] = 1.
     last = max(i for i, p in enumerate(pcts) if p > 0)
+    edges[last + 1:] = [1.] * (len(edges) - last - 1)
+    last = max(i for i in range(last + 1) if edges[i + 1] > edges[i])
     def _inner(pos):
         pos = min(max(float(pos), 0.), 1.)
         i = min(bisect_right(edges, pos) - 1, last)
@@ -140,7 +143,7 @@ def cos_1cycle_anneal(start, high, end):
     "Cosine up from `start` to `high`, then cosine down to `end`."
     return [sched_cos(start, high), sched_cos(high, end)]
 
-# %% ../nbs/05_anneal.ipynb #101f994e
+# %% ../nbs/05_anneal.ipynb #0f148a7d
 class ParamScheduler(Callback):
     "Sets hyper `pname` of each parameter group from `sched_funcs` (one, or one per group) at every training batch."
     order = 1
@@ -162,7 +165,7 @@ class ParamScheduler(Callback):
         if not learn.training: return
         for f, pg in zip(self.fs, learn.opt.param_groups): pg[self.pname] = f(learn.pct_train)
 
-# %% ../nbs/05_anneal.ipynb #7ac791be
+# %% ../nbs/05_anneal.ipynb #d57ff299
 SuggestedLRs = namedtuple('SuggestedLRs', ['minimum', 'steep'])
 
 class LRFinder(Callback):
@@ -207,7 +210,7 @@ class LRFinder(Callback):
         ax.legend()
         return ax
 
-# %% ../nbs/05_anneal.ipynb #2252ee63
+# %% ../nbs/05_anneal.ipynb #db6be8fe
 def _snapshot(learn):
     return dict(model=copy.deepcopy(learn.model.state_dict()), opt=copy.deepcopy(learn.opt.state_dict()),
                 rng=torch.get_rng_state(), training=learn.model.training)

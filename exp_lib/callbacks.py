@@ -6,9 +6,9 @@
 __all__ = ['DataLoaders', 'event', 'defaults', 'DataBunch', 'CancelBatchException', 'CancelTrainException',
            'CancelValidException', 'CancelEpochException', 'CancelFitException', 'Callback', 'sort_by_run',
            'trainable_params', 'print_row', 'Learner', 'TrainEvalCallback', 'AvgStats', 'AvgStatsCallback',
-           'ProgressCallback', 'atomic_save']
+           'ProgressCallback', 'atomic_save', 'TrackerCallback', 'SaveModelCallback', 'EarlyStoppingCallback']
 
-# %% ../nbs/04_callbacks.ipynb #9fc37a54
+# %% ../nbs/04_callbacks.ipynb #1bdfa53c
 import contextlib, difflib, os, random, re, sys, time, warnings
 from pathlib import Path
 from functools import partial
@@ -20,7 +20,7 @@ from fastcore.basics import patch
 from fastprogress.fastprogress import master_bar, progress_bar, NBMasterBar
 from .minibatch import DataLoader, Dataset, accuracy, get_dls
 
-# %% ../nbs/04_callbacks.ipynb #9c136577
+# %% ../nbs/04_callbacks.ipynb #8a5923fb
 class DataBunch:
     "The training and validation `DataLoader`s of a task, and its number of classes `c`."
     def __init__(self, train_dl, valid_dl=None, c=None): self.train_dl, self.valid_dl, self.c = train_dl, valid_dl, c
@@ -32,7 +32,7 @@ class DataBunch:
 
 DataLoaders = DataBunch
 
-# %% ../nbs/04_callbacks.ipynb #00e70e8c
+# %% ../nbs/04_callbacks.ipynb #c4d639d6
 _events = ('before_fit before_epoch before_train before_batch after_pred after_loss after_backward after_step '
            'after_cancel_batch after_batch after_cancel_train after_train before_validate after_cancel_validate '
            'after_validate after_cancel_epoch after_epoch after_cancel_fit after_fit').split()
@@ -49,7 +49,7 @@ class CancelEpochException(Exception):
 class CancelFitException(Exception):
     "End training now: `after_cancel_fit`, `after_fit`."
 
-# %% ../nbs/04_callbacks.ipynb #04814140
+# %% ../nbs/04_callbacks.ipynb #04d58c68
 _learner_state = set('model data loss_func opt opt_func cbs dl xb yb pred loss n_epoch epoch iter n_iter training'.split())
 
 def _camel2snake(name): return re.sub(r'([a-z0-9])([A-Z])', r'\1_\2', re.sub(r'(.)([A-Z][a-z]+)', r'\1_\2', name)).lower()
@@ -94,7 +94,7 @@ def _check_events(cb):
         guess = _nearest_event(k)
         if guess: warnings.warn(f"{type(cb).__name__}.{k} is not an event, so it will never be called; did you mean {guess}?", stacklevel=3)
 
-# %% ../nbs/04_callbacks.ipynb #66076eb6
+# %% ../nbs/04_callbacks.ipynb #60f92786
 def _matches(spec, cb):
     specs = spec if isinstance(spec, (list, tuple)) else [] if spec is None else [spec]
     return any(isinstance(cb, s) if isinstance(s, type) else type(cb).__name__ == s for s in specs)
@@ -114,7 +114,7 @@ def sort_by_run(cbs):
         done.add(i); res.append(cbs[i])
     return res
 
-# %% ../nbs/04_callbacks.ipynb #4844a12b
+# %% ../nbs/04_callbacks.ipynb #7f5e1bc2
 def trainable_params(m):
     "The parameters of `m` that require a gradient."
     return [p for p in m.parameters() if p.requires_grad]
@@ -131,7 +131,16 @@ def print_row(items):
 
 defaults = SimpleNamespace(opt_func=optim.SGD, lr=0.1, callbacks=[])
 
-# %% ../nbs/04_callbacks.ipynb #44b7fe9a
+def _shape(o): return tuple(o.shape) if hasattr(o, 'shape') else type(o).__name__
+
+def _loss_error(learn, e):
+    "A `ValueError` naming the shapes that `loss_func` could not combine, with its original message."
+    name = getattr(learn.loss_func, '__name__', type(learn.loss_func).__name__)
+    return ValueError(f"{name} failed on predictions of shape {_shape(learn.pred)} and targets of shape "
+                      f"{', '.join(str(_shape(o)) for o in learn.yb)}: {e}. Check that the model's output matches the loss "
+                      f"(e.g. {learn.data.c or 'c'} class scores per item for cross entropy).")
+
+# %% ../nbs/04_callbacks.ipynb #c620f3ac
 class Learner:
     "Trains `model` on `data` with `loss_func` and an optimizer from `opt_func`; callbacks customise every step."
     def __init__(self, model, data,
@@ -177,7 +186,9 @@ class Learner:
 
     def _do_one_batch(self):
         self.pred = self.model(*self.xb);                 self('after_pred')
-        self.loss = self.loss_func(self.pred, *self.yb);  self('after_loss')
+        try: self.loss = self.loss_func(self.pred, *self.yb)
+        except (RuntimeError, ValueError, IndexError) as e: raise _loss_error(self, e) from e
+        self('after_loss')
         if not self.training: return
         self.loss.backward();                             self('after_backward')
         self.opt.step();                                  self('after_step')
@@ -220,7 +231,7 @@ class Learner:
             self('after_fit')
         return self
 
-# %% ../nbs/04_callbacks.ipynb #5c573e24
+# %% ../nbs/04_callbacks.ipynb #9658e617
 @patch
 def _set_cbs(self:Learner, cbs):
     "Sort `cbs` and rebuild the event -> handlers table; raises (changing nothing) if they cannot be ordered."
@@ -289,7 +300,7 @@ def set_hyper(self:Learner, name, val):
     if len(vals) != len(pgs): raise ValueError(f"{len(vals)} values given for {name!r} but the optimizer has {len(pgs)} parameter groups.")
     for pg, v in zip(pgs, vals): pg[name] = v
 
-# %% ../nbs/04_callbacks.ipynb #c7c2b723
+# %% ../nbs/04_callbacks.ipynb #45b56e60
 class TrainEvalCallback(Callback):
     "Switches the model between train and eval mode and keeps `train_iter` and `pct_train`."
     order = -10
@@ -305,29 +316,37 @@ class TrainEvalCallback(Callback):
     def before_validate(self): self.learn.model.eval()
     def after_epoch(self): self.learn.epochs_done = self.learn.epoch + 1
 
-# %% ../nbs/04_callbacks.ipynb #4f4a678a
+# %% ../nbs/04_callbacks.ipynb #62e56d61
 def _metric_name(m):
     f = getattr(m, 'func', m)
     return getattr(f, '__name__', type(f).__name__)
 
 def _fmt_time(t): return f"{int(t)//60:02d}:{int(t)%60:02d}"
 
+def _stack(vals):
+    "One 1-d float64 tensor from per-batch values (0-d tensors or numbers)."
+    return (torch.stack([v.reshape(()) for v in vals]) if isinstance(vals[0], torch.Tensor) else torch.tensor(vals)).double()
+
 class AvgStats:
-    "Batch-size-weighted sums of the loss and of each metric over one phase (train or valid)."
+    "Per-batch loss and metrics of one phase (train or valid), averaged weighted by batch size at the end."
     def __init__(self, metrics, in_train): self.metrics, self.in_train = metrics, in_train; self.reset()
-    def reset(self): self.tot_loss, self.tot_mets, self.count = 0., [0.] * len(self.metrics), 0
+    def reset(self): self.losses, self.mets, self.bns = [], [[] for _ in self.metrics], []
     def accumulate(self, learn):
-        bn, pred = len(learn.yb[0]), learn.pred.detach()
-        self.tot_loss = self.tot_loss + learn.loss.detach() * bn
-        self.tot_mets = [t + m(pred, *learn.yb) * bn for t, m in zip(self.tot_mets, self.metrics)]
-        self.count += bn
+        pred = learn.pred.detach()
+        self.bns.append(len(learn.yb[0]))
+        self.losses.append(learn.loss.detach())
+        for vals, m in zip(self.mets, self.metrics): vals.append(m(pred, *learn.yb))
+    @property
+    def count(self): return sum(self.bns)
     @property
     def avg_stats(self):
         "`[loss, *metrics]` averaged over the items seen (NaN if none were)."
-        if not self.count: return [float('nan')] * (1 + len(self.metrics))
-        return [float(o) / self.count for o in [self.tot_loss] + self.tot_mets]
+        if not self.bns: return [float('nan')] * (1 + len(self.metrics))
+        w = torch.tensor(self.bns, dtype=torch.float64)
+        return [float((_stack(vals) * w.to(vals[0].device if isinstance(vals[0], torch.Tensor) else 'cpu')).sum() / w.sum())
+                for vals in [self.losses] + self.mets]
     def __repr__(self):
-        return f"{'train' if self.in_train else 'valid'}: " + str([round(o, 6) for o in self.avg_stats]) if self.count else ''
+        return f"{'train' if self.in_train else 'valid'}: " + str([round(o, 6) for o in self.avg_stats]) if self.bns else ''
 
 class AvgStatsCallback(Callback):
     "Per-epoch averages of loss and `metrics`, for training and validation: in `history` and sent to `learn.logger`."
@@ -350,7 +369,7 @@ class AvgStatsCallback(Callback):
         self.history.append(row)
         self.learn.logger([str(row['epoch'])] + [f'{v:.6f}' for v in [tl, vl, *mets]] + [_fmt_time(row['time'])])
 
-# %% ../nbs/04_callbacks.ipynb #ea0325d4
+# %% ../nbs/04_callbacks.ipynb #131c1cba
 def _bars_wanted():
     "HTML bars in a notebook, text bars on a terminal, none when output goes to a file or a pipe."
     return master_bar is NBMasterBar or sys.stdout.isatty()
@@ -379,7 +398,7 @@ class ProgressCallback(Callback):
         self.mbar.on_iter_end()
         self.learn.logger = self.old_logger
 
-# %% ../nbs/04_callbacks.ipynb #ec807b48
+# %% ../nbs/04_callbacks.ipynb #22fe1aee
 _CKPT_FORMAT = 'exp_lib checkpoint 1'
 
 def atomic_save(obj, path):
@@ -427,3 +446,43 @@ def load(self:Learner, path, with_opt=True):
     random.setstate(ckpt['rng']['python'])
     self.epochs_done = ckpt['epochs_done']
     return self
+
+# %% ../nbs/04_callbacks.ipynb #51c78e86
+class TrackerCallback(Callback):
+    "Base of callbacks that follow `monitor`, a per-epoch value of `AvgStatsCallback`, and note when it improves."
+    run_after = AvgStatsCallback
+    def __init__(self, monitor='valid_loss', comp=None, min_delta=0.):
+        self.monitor, self.min_delta = monitor, min_delta
+        self.comp = comp or ((lambda a, b: a < b) if 'loss' in monitor else (lambda a, b: a > b))
+    def before_fit(self):
+        names = [n for n in self.learn.avg_stats.names if n not in ('epoch', 'time')]
+        if self.monitor not in names: raise ValueError(f"{type(self).__name__} cannot monitor {self.monitor!r}: the stats are {names}.")
+        self.best, self.improved = None, False
+    def after_epoch(self):
+        value = self.learn.avg_stats.history[-1][self.monitor]
+        delta = -self.min_delta if 'loss' in self.monitor else self.min_delta
+        self.improved = value == value and (self.best is None or self.comp(value - delta, self.best))
+        if self.improved: self.best = value
+
+class SaveModelCallback(TrackerCallback):
+    "Save a checkpoint to `path/fname.pt` when `monitor` improves (or every epoch as `fname_<epoch>.pt`)."
+    def __init__(self, monitor='valid_loss', comp=None, min_delta=0., fname='model', path='models', every_epoch=False, with_opt=True):
+        super().__init__(monitor, comp, min_delta)
+        self.fname, self.path, self.every_epoch, self.with_opt = fname, Path(path), every_epoch, with_opt
+    def after_epoch(self):
+        super().after_epoch()
+        if self.every_epoch: self.learn.save(self.path/f'{self.fname}_{self.learn.epoch}.pt', with_opt=self.with_opt)
+        elif self.improved: self.learn.save(self.path/f'{self.fname}.pt', with_opt=self.with_opt)
+
+class EarlyStoppingCallback(TrackerCallback):
+    "End the fit when `monitor` has not improved for `patience` epochs."
+    def __init__(self, monitor='valid_loss', comp=None, min_delta=0., patience=1):
+        super().__init__(monitor, comp, min_delta)
+        self.patience = patience
+    def before_fit(self): super().before_fit(); self.wait = 0
+    def after_epoch(self):
+        super().after_epoch()
+        self.wait = 0 if self.improved else self.wait + 1
+        if self.wait >= self.patience:
+            self.learn.stopped_at = self.learn.epoch
+            raise CancelFitException()

@@ -6,12 +6,12 @@
 __all__ = ['logsumexp', 'log_softmax', 'nll', 'cross_entropy', 'accuracy', 'Dataset', 'Sampler', 'collate', 'DataLoader',
            'get_dls', 'fit']
 
-# %% ../nbs/03_minibatch.ipynb #d45f8acf
+# %% ../nbs/03_minibatch.ipynb #c7b4ba36
 import math
 import torch
 import torch.nn.functional as F
 
-# %% ../nbs/03_minibatch.ipynb #3cc0d1ac
+# %% ../nbs/03_minibatch.ipynb #6064a2d0
 def logsumexp(x):
     "log(sum(exp(x))) over the last dimension, computed without overflow."
     m = x.amax(-1, keepdim=True)
@@ -22,7 +22,7 @@ def log_softmax(x):
     "Log of the softmax over the last dimension, stable for large activations."
     return x - logsumexp(x).unsqueeze(-1)
 
-# %% ../nbs/03_minibatch.ipynb #e10d4347
+# %% ../nbs/03_minibatch.ipynb #114e05c8
 def nll(input, target):
     "Mean negative log likelihood of the `target` classes under the log-probabilities `input`."
     return -input[torch.arange(target.shape[0]), target].mean()
@@ -31,12 +31,12 @@ def cross_entropy(input, target):
     "Cross entropy of the raw activations `input` against integer `target` classes."
     return nll(log_softmax(input), target)
 
-# %% ../nbs/03_minibatch.ipynb #ff8df114
+# %% ../nbs/03_minibatch.ipynb #c75e9e22
 def accuracy(out, yb):
     "Fraction of rows of `out` whose argmax equals `yb`."
     return (out.argmax(dim=-1) == yb).float().mean()
 
-# %% ../nbs/03_minibatch.ipynb #b2bc3dae
+# %% ../nbs/03_minibatch.ipynb #04fc9269
 class Dataset:
     "Pairs inputs `x` with targets `y`; indexing returns `(x[i], y[i])`."
     def __init__(self, x, y):
@@ -46,7 +46,7 @@ class Dataset:
     def __getitem__(self, i): return self.x[i], self.y[i]
     def __repr__(self): return f"Dataset(n={len(self)})"
 
-# %% ../nbs/03_minibatch.ipynb #50b8dcaa
+# %% ../nbs/03_minibatch.ipynb #e0502f87
 class Sampler:
     "Yields batches of `bs` indices into `ds`: in order, or a fresh permutation every epoch when `shuffle`."
     def __init__(self, ds, bs, shuffle=False):
@@ -57,13 +57,13 @@ class Sampler:
         return iter(idxs.split(self.bs))
     def __len__(self): return math.ceil(self.n / self.bs)
 
-# %% ../nbs/03_minibatch.ipynb #86b07be9
+# %% ../nbs/03_minibatch.ipynb #565771d2
 def collate(batch):
     "Stack a list of `(x, y)` items into a batch `(xb, yb)`."
     xs, ys = zip(*batch)
     return torch.stack(xs), torch.stack(ys)
 
-# %% ../nbs/03_minibatch.ipynb #9c6fb6dc
+# %% ../nbs/03_minibatch.ipynb #bdc861f4
 def _tensor_pair(ds):
     "The `(x, y)` tensors of `ds` when batches can be built by indexing them directly, else `None`."
     xy = (ds.x, ds.y) if isinstance(ds, Dataset) else getattr(ds, 'tensors', None)
@@ -91,7 +91,7 @@ class DataLoader:
 
     def __repr__(self): return f"DataLoader({self.ds!r}, bs={self.bs}, batches={len(self)})"
 
-# %% ../nbs/03_minibatch.ipynb #4fa9c537
+# %% ../nbs/03_minibatch.ipynb #53d41d20
 def get_dls(train_ds, valid_ds, bs, **kwargs):
     "Training `DataLoader` (shuffled, `bs`) and validation `DataLoader` (in order, `2*bs`: no gradients, so twice the batch fits)."
     return DataLoader(train_ds, bs, shuffle=True, **kwargs), DataLoader(valid_ds, bs*2, **kwargs)
