@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['optimizer_choices', 'ParamGroup', 'Optimizer', 'weight_decay', 'l2_reg', 'sgd_step', 'average_grad', 'momentum_step',
-           'SGD', 'average_sqr_grad', 'rms_prop_step', 'RMSProp', 'step_stat', 'debias', 'adam_step', 'Adam',
-           'radam_step', 'RAdam', 'lamb_step', 'Lamb', 'Lookahead', 'ranger', 'vectorised', 'TorchParamGroup',
+           'SGD', 'average_sqr_grad', 'rms_prop_step', 'RMSProp', 'step_stat', 'debias', 'adam_step', 'adam_family',
+           'Adam', 'radam_step', 'RAdam', 'lamb_step', 'Lamb', 'Lookahead', 'ranger', 'vectorised', 'TorchParamGroup',
            'OptimWrapper', 'TerminateOnNaNCallback', 'ModelResetter', 'RNNRegularizer', 'compare_optimizers',
            'plot_comparison']
 
-# %% ../nbs/16_accel_sgd.ipynb #239962cb
+# %% ../nbs/16_accel_sgd.ipynb #9c58e6a8
 import math, time
 from collections.abc import MutableMapping
 from functools import partial
@@ -19,12 +19,17 @@ from fastcore.basics import patch
 from .callbacks import (Callback, Learner, CancelFitException, AvgStatsCallback, defaults, _param_groups)
 from .anneal import ParamScheduler, Recorder, combine_scheds, sched_cos
 
-# %% ../nbs/16_accel_sgd.ipynb #651ef67d
+# %% ../nbs/16_accel_sgd.ipynb #b1125fe1
 def _cb_attr(cb, name):
     "Attribute `name` of optimizer callback `cb`, looking through a `functools.partial`."
     return getattr(cb, name, None) or getattr(getattr(cb, 'func', None), name, None)
 
 def _cb_name(cb): return getattr(getattr(cb, 'func', cb), '__name__', repr(cb))
+
+def _vectorised_form(cb):
+    "The vectorised form of optimizer callback `cb` with the arguments a `partial` fixed, or `None` if it has none."
+    f = _cb_attr(cb, 'foreach')
+    return f if f is None or not isinstance(cb, partial) else partial(f, *cb.args, **cb.keywords)
 
 def _check_hypers(h, where):
     for k in ('lr', 'eps', 'wd'):
@@ -38,7 +43,7 @@ def _merge_state(state, res, cb):
         raise TypeError(f"Optimizer callback {_cb_name(cb)} returned a {type(res).__name__}; it must return a dict of state or None.")
     state.update(res)
 
-# %% ../nbs/16_accel_sgd.ipynb #dd21f5af
+# %% ../nbs/16_accel_sgd.ipynb #7f176ecb
 class ParamGroup(MutableMapping):
     "A torch-style view of one parameter group: `'params'` and the group's hypers; writes reach the hypers."
     def __init__(self, params, hyper): self.params, self.hyper = params, hyper
@@ -52,7 +57,7 @@ class ParamGroup(MutableMapping):
     def __len__(self): return len(self.hyper) + 1
     def __repr__(self): return f"ParamGroup({len(self.params)} params, {self.hyper})"
 
-# %% ../nbs/16_accel_sgd.ipynb #6480f9e5
+# %% ../nbs/16_accel_sgd.ipynb #54397eb2
 class Optimizer:
     "Steps parameter groups by running the optimizer callbacks `cbs` on each parameter, with per-group hypers."
     def __init__(self, params, cbs, **defaults):
@@ -70,7 +75,8 @@ class Optimizer:
         for i, h in enumerate(self.hypers): _check_hypers(h, f"Optimizer parameter group {i}")
         self._views = [ParamGroup(ps, h) for ps, h in zip(self.param_lists, self.hypers)]
         self.state, self._cache = {}, {}
-        self.foreach = all(_cb_attr(cb, 'foreach') for cb in self.cbs)
+        self._vec = [_vectorised_form(cb) for cb in self.cbs]
+        self.foreach = all(self._vec)
 
     @property
     def param_groups(self): return self._views
@@ -78,7 +84,7 @@ class Optimizer:
     def all_params(self): return [p for ps in self.param_lists for p in ps]
     def __repr__(self): return f"Optimizer({len(self.param_lists)} groups, cbs=[{', '.join(map(_cb_name, self.cbs))}], {self.hypers[0]})"
 
-# %% ../nbs/16_accel_sgd.ipynb #2ad6fbaf
+# %% ../nbs/16_accel_sgd.ipynb #5829a0b7
 @patch
 def zero_grad(self:Optimizer):
     "Detach and zero the gradient of every parameter."
@@ -105,7 +111,7 @@ def step(self:Optimizer):
             self._cache.pop(gi, None)
             self._step_per_param(ps, hyper)
 
-# %% ../nbs/16_accel_sgd.ipynb #45a793b6
+# %% ../nbs/16_accel_sgd.ipynb #31e3f69d
 def weight_decay(p, lr, wd, **kwargs):
     "Decoupled weight decay: shrink `p` towards 0 by `lr*wd`."
     if wd: p.mul_(1 - lr * wd)
@@ -131,14 +137,17 @@ def momentum_step(p, lr, grad_avg, **kwargs):
     "SGD step along the averaged gradient."
     p.add_(grad_avg, alpha=-lr)
 
-# %% ../nbs/16_accel_sgd.ipynb #a2e5f2d8
+# %% ../nbs/16_accel_sgd.ipynb #3dae69e6
+def _decay(decouple_wd):
+    "The weight-decay callback: decoupled, or L2 regularisation."
+    return [weight_decay] if decouple_wd else [l2_reg]
+
 def SGD(params, lr, mom=0., wd=0., decouple_wd=True):
     "SGD, with momentum if `mom`, and weight decay (decoupled, or L2 if not `decouple_wd`)."
-    cbs = [weight_decay] if decouple_wd else [l2_reg]
-    cbs += [average_grad, momentum_step] if mom else [sgd_step]
+    cbs = _decay(decouple_wd) + ([average_grad, momentum_step] if mom else [sgd_step])
     return Optimizer(params, cbs, lr=lr, mom=mom, wd=wd)
 
-# %% ../nbs/16_accel_sgd.ipynb #7ef709d7
+# %% ../nbs/16_accel_sgd.ipynb #c0aec4b4
 def average_sqr_grad(p, sqr_mom, dampening=True, sqr_avg=None, **kwargs):
     "Moving average of the squared gradients in state `sqr_avg`."
     if sqr_avg is None: sqr_avg = torch.zeros_like(p.grad)
@@ -153,11 +162,10 @@ rms_prop_step.defaults = dict(eps=1e-8)
 
 def RMSProp(params, lr, sqr_mom=0.99, mom=0., eps=1e-8, wd=0., decouple_wd=True):
     "RMSProp (with momentum on the gradient if `mom`)."
-    cbs = [weight_decay] if decouple_wd else [l2_reg]
-    cbs += ([average_grad] if mom else []) + [average_sqr_grad, rms_prop_step]
+    cbs = _decay(decouple_wd) + ([average_grad] if mom else []) + [average_sqr_grad, rms_prop_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
 
-# %% ../nbs/16_accel_sgd.ipynb #9db5f1bc
+# %% ../nbs/16_accel_sgd.ipynb #e7b3ca6e
 def step_stat(p, step=0, **kwargs):
     "Count the steps taken by `p` in state `step`."
     return {'step': step + 1}
@@ -172,13 +180,16 @@ def adam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     p.addcdiv_(grad_avg, (sqr_avg / debias2).sqrt() + eps, value=-lr / debias1)
 adam_step.defaults = dict(eps=1e-5)
 
-def Adam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01, decouple_wd=True):
-    "Adam (AdamW when `decouple_wd`), with fastai's defaults."
-    cbs = [weight_decay] if decouple_wd else [l2_reg]
-    cbs += [partial(average_grad, dampening=True), average_sqr_grad, step_stat, adam_step]
+def adam_family(params, step_cb, lr, mom, sqr_mom, eps, wd, decouple_wd):
+    "An optimizer of Adam's shape: weight decay, damped gradient average, squared average, step count, then `step_cb`."
+    cbs = _decay(decouple_wd) + [partial(average_grad, dampening=True), average_sqr_grad, step_stat, step_cb]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
 
-# %% ../nbs/16_accel_sgd.ipynb #ca5654c1
+def Adam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01, decouple_wd=True):
+    "Adam (AdamW when `decouple_wd`), with fastai's defaults."
+    return adam_family(params, adam_step, lr, mom, sqr_mom, eps, wd, decouple_wd)
+
+# %% ../nbs/16_accel_sgd.ipynb #2c21c22a
 def radam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     "RAdam: momentum steps while the variance of the adaptive term is untrustworthy, then rectified Adam steps."
     debias1, debias2 = debias(mom, 1 - mom, step), debias(sqr_mom, 1 - sqr_mom, step)
@@ -192,11 +203,9 @@ radam_step.defaults = dict(eps=1e-5)
 
 def RAdam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., decouple_wd=True):
     "Rectified Adam."
-    cbs = [weight_decay] if decouple_wd else [l2_reg]
-    cbs += [partial(average_grad, dampening=True), average_sqr_grad, step_stat, radam_step]
-    return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
+    return adam_family(params, radam_step, lr, mom, sqr_mom, eps, wd, decouple_wd)
 
-# %% ../nbs/16_accel_sgd.ipynb #4756eef4
+# %% ../nbs/16_accel_sgd.ipynb #043cdb57
 def lamb_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     "LAMB: Adam's step rescaled by the layer's trust ratio `||p|| / ||step||`."
     debias1, debias2 = debias(mom, 1 - mom, step), debias(sqr_mom, 1 - sqr_mom, step)
@@ -208,11 +217,9 @@ lamb_step.defaults = dict(eps=1e-6)
 
 def Lamb(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-6, wd=0., decouple_wd=True):
     "LAMB."
-    cbs = [weight_decay] if decouple_wd else [l2_reg]
-    cbs += [partial(average_grad, dampening=True), average_sqr_grad, step_stat, lamb_step]
-    return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
+    return adam_family(params, lamb_step, lr, mom, sqr_mom, eps, wd, decouple_wd)
 
-# %% ../nbs/16_accel_sgd.ipynb #a68437c0
+# %% ../nbs/16_accel_sgd.ipynb #4db12bfc
 class Lookahead:
     "Wraps `opt`: every `k` steps, slow weights move `alpha` of the way to the fast ones, which restart from them."
     def __init__(self, opt, k=6, alpha=0.5):
@@ -244,7 +251,7 @@ def ranger(params, lr, mom=0.95, wd=0.01, eps=1e-6, k=6, alpha=0.5, **kwargs):
     "RAdam inside Lookahead."
     return Lookahead(RAdam(params, lr=lr, mom=mom, wd=wd, eps=eps, **kwargs), k=k, alpha=alpha)
 
-# %% ../nbs/16_accel_sgd.ipynb #b787c58a
+# %% ../nbs/16_accel_sgd.ipynb #56698f8c
 def vectorised(cb):
     "Decorator: the decorated function becomes `cb.foreach`, the form of optimizer callback `cb` that takes whole groups."
     def _inner(f):
@@ -297,7 +304,7 @@ def _adam_step(ps, grads, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwar
     torch._foreach_add_(denom, eps)
     torch._foreach_addcdiv_(ps, grad_avg, denom, value=-lr / debias1)
 
-# %% ../nbs/16_accel_sgd.ipynb #e288fef1
+# %% ../nbs/16_accel_sgd.ipynb #53059533
 def _gather(states):
     "Group state from per-parameter states: tensors as lists, equal numbers as one number; `None` if they disagree."
     keys = set(states[0])
@@ -320,8 +327,8 @@ def _step_foreach(self:Optimizer, gi, ps, hyper):
         if gstate is None: return False
         self._cache[gi] = cached = (key, gstate)
     gstate, grads = cached[1], [p.grad for p in ps]
-    for cb in self.cbs:
-        res = _cb_attr(cb, 'foreach')(ps, grads, *getattr(cb, 'args', ()), **{**getattr(cb, 'keywords', {}), **gstate, **hyper})
+    for cb, f in zip(self.cbs, self._vec):
+        res = f(ps, grads, **{**gstate, **hyper})
         if not res: continue
         _merge_state(gstate, res, cb)
         for k, v in res.items():
@@ -331,7 +338,7 @@ def _step_foreach(self:Optimizer, gi, ps, hyper):
                 for p in ps: self.state[p][k] = v
     return True
 
-# %% ../nbs/16_accel_sgd.ipynb #01366433
+# %% ../nbs/16_accel_sgd.ipynb #2b15e1d1
 @patch
 def state_dict(self:Optimizer):
     "Hypers and per-parameter state; parameters are numbered in group order."
@@ -381,7 +388,7 @@ def unfreeze(self:Optimizer):
     "Train every parameter group."
     self.freeze_to(0)
 
-# %% ../nbs/16_accel_sgd.ipynb #5be1304b
+# %% ../nbs/16_accel_sgd.ipynb #71e9abc5
 def _hp_map(pg):
     "How exp_lib's hyper names map to the keys of torch parameter group `pg`: a key, or (key, index) into a tuple."
     m = {'lr': 'lr', 'eps': 'eps', 'wd': 'weight_decay'}
@@ -434,7 +441,7 @@ class OptimWrapper:
     def clear_state(self): self.opt.state.clear()
     def __repr__(self): return f"OptimWrapper({self.opt!r})"
 
-# %% ../nbs/16_accel_sgd.ipynb #406b601f
+# %% ../nbs/16_accel_sgd.ipynb #bf7c5095
 _create_opt = Learner.create_opt
 @patch
 def create_opt(self:Learner):
@@ -444,7 +451,7 @@ def create_opt(self:Learner):
 
 defaults.opt_func, defaults.lr = Adam, 1e-3
 
-# %% ../nbs/16_accel_sgd.ipynb #74c1825e
+# %% ../nbs/16_accel_sgd.ipynb #e31911a4
 @patch
 def fit_one_cycle(self:Learner, n_epoch, lr_max=None, div=25., div_final=1e5, pct_start=0.25, moms=(0.95, 0.85, 0.95),
                   wd=None, cbs=None, start_epoch=0):
@@ -461,7 +468,7 @@ def fit_one_cycle(self:Learner, n_epoch, lr_max=None, div=25., div_final=1e5, pc
     if wd is not None: self.set_hyper('wd', wd)
     return self.fit(n_epoch, cbs=scheds + list(cbs or []), start_epoch=start_epoch)
 
-# %% ../nbs/16_accel_sgd.ipynb #d6023b09
+# %% ../nbs/16_accel_sgd.ipynb #6bb29ed9
 class TerminateOnNaNCallback(Callback):
     "Ends the fit when the loss is NaN or infinite, before it is recorded or stepped on."
     order, run_before = -9, [AvgStatsCallback, Recorder]
@@ -470,7 +477,7 @@ class TerminateOnNaNCallback(Callback):
             self.learn.nan_at = (self.learn.epoch, self.learn.iter)
             raise CancelFitException()
 
-# %% ../nbs/16_accel_sgd.ipynb #4bba8ae6
+# %% ../nbs/16_accel_sgd.ipynb #e74bdf5d
 class ModelResetter(Callback):
     "Calls `model.reset()` before training, before validation and after the fit."
     def before_train(self): self.learn.model.reset()
@@ -492,7 +499,7 @@ class RNNRegularizer(Callback):
         if self.beta and self.raw_out.shape[1] > 1: reg = reg + self.beta * (self.raw_out[:, 1:] - self.raw_out[:, :-1]).float().pow(2).mean()
         self.learn.loss = self.learn.loss + reg
 
-# %% ../nbs/16_accel_sgd.ipynb #f60cc6af
+# %% ../nbs/16_accel_sgd.ipynb #ef5511c9
 optimizer_choices = {
     'sgd':      (partial(SGD),             0.1),
     'momentum': (partial(SGD, mom=0.9),    0.1),
