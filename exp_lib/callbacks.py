@@ -8,7 +8,7 @@ __all__ = ['DataLoaders', 'event', 'defaults', 'DataBunch', 'CancelBatchExceptio
            'trainable_params', 'print_row', 'Learner', 'TrainEvalCallback', 'AvgStats', 'AvgStatsCallback',
            'ProgressCallback', 'atomic_save', 'TrackerCallback', 'SaveModelCallback', 'EarlyStoppingCallback']
 
-# %% ../nbs/04_callbacks.ipynb #4aa2fe0e
+# %% ../nbs/04_callbacks.ipynb #ff216d2b
 import contextlib, difflib, os, random, re, sys, time, warnings
 from pathlib import Path
 from functools import partial
@@ -20,7 +20,7 @@ from fastcore.basics import patch
 from fastprogress.fastprogress import master_bar, progress_bar, NBMasterBar
 from .minibatch import DataLoader, Dataset, accuracy, get_dls
 
-# %% ../nbs/04_callbacks.ipynb #c1318548
+# %% ../nbs/04_callbacks.ipynb #1733e0ec
 class DataBunch:
     "The training and validation `DataLoader`s of a task, and its number of classes `c`."
     def __init__(self, train_dl, valid_dl=None, c=None): self.train_dl, self.valid_dl, self.c = train_dl, valid_dl, c
@@ -32,7 +32,7 @@ class DataBunch:
 
 DataLoaders = DataBunch
 
-# %% ../nbs/04_callbacks.ipynb #98ca9a56
+# %% ../nbs/04_callbacks.ipynb #5e7a2a52
 _events = ('before_fit before_epoch before_train before_batch after_pred after_loss after_backward after_step '
            'after_cancel_batch after_batch after_cancel_train after_train before_validate after_cancel_validate '
            'after_validate after_cancel_epoch after_epoch after_cancel_fit after_fit').split()
@@ -49,7 +49,7 @@ class CancelEpochException(Exception):
 class CancelFitException(Exception):
     "End training now: `after_cancel_fit`, `after_fit`."
 
-# %% ../nbs/04_callbacks.ipynb #c885f543
+# %% ../nbs/04_callbacks.ipynb #941047ea
 _learner_state = set('model data loss_func opt opt_func cbs dl xb yb pred loss n_epoch epoch iter n_iter training'.split())
 
 def _camel2snake(name): return re.sub(r'([a-z0-9])([A-Z])', r'\1_\2', re.sub(r'(.)([A-Z][a-z]+)', r'\1_\2', name)).lower()
@@ -94,7 +94,7 @@ def _check_events(cb):
         guess = _nearest_event(k)
         if guess: warnings.warn(f"{type(cb).__name__}.{k} is not an event, so it will never be called; did you mean {guess}?", stacklevel=3)
 
-# %% ../nbs/04_callbacks.ipynb #1f3c3a74
+# %% ../nbs/04_callbacks.ipynb #6e1232eb
 def _matches(spec, cb):
     specs = spec if isinstance(spec, (list, tuple)) else [] if spec is None else [spec]
     return any(isinstance(cb, s) if isinstance(s, type) else type(cb).__name__ == s for s in specs)
@@ -114,7 +114,7 @@ def sort_by_run(cbs):
         done.add(i); res.append(cbs[i])
     return res
 
-# %% ../nbs/04_callbacks.ipynb #5df6540a
+# %% ../nbs/04_callbacks.ipynb #aa619570
 def trainable_params(m):
     "The parameters of `m` that require a gradient."
     return [p for p in m.parameters() if p.requires_grad]
@@ -140,7 +140,7 @@ def _loss_error(learn, e):
                       f"{', '.join(str(_shape(o)) for o in learn.yb)}: {e}. Check that the model's output matches the loss "
                       f"(e.g. {learn.data.c or 'c'} class scores per item for cross entropy).")
 
-# %% ../nbs/04_callbacks.ipynb #46ec0cfa
+# %% ../nbs/04_callbacks.ipynb #5e353e48
 class Learner:
     "Trains `model` on `data` with `loss_func` and an optimizer from `opt_func`; callbacks customise every step."
     def __init__(self, model, data,
@@ -231,7 +231,7 @@ class Learner:
             self('after_fit')
         return self
 
-# %% ../nbs/04_callbacks.ipynb #d8617bf1
+# %% ../nbs/04_callbacks.ipynb #c2c0996c
 @patch
 def _set_cbs(self:Learner, cbs):
     "Sort `cbs` and rebuild the event -> handlers table; raises (changing nothing) if they cannot be ordered."
@@ -300,7 +300,7 @@ def set_hyper(self:Learner, name, val):
     if len(vals) != len(pgs): raise ValueError(f"{len(vals)} values given for {name!r} but the optimizer has {len(pgs)} parameter groups.")
     for pg, v in zip(pgs, vals): pg[name] = v
 
-# %% ../nbs/04_callbacks.ipynb #43ae604b
+# %% ../nbs/04_callbacks.ipynb #38e878a3
 class TrainEvalCallback(Callback):
     "Switches the model between train and eval mode and keeps `train_iter` and `pct_train`."
     order = -10
@@ -316,7 +316,7 @@ class TrainEvalCallback(Callback):
     def before_validate(self): self.learn.model.eval()
     def after_epoch(self): self.learn.epochs_done = self.learn.epoch + 1
 
-# %% ../nbs/04_callbacks.ipynb #e0e0f0e5
+# %% ../nbs/04_callbacks.ipynb #6be12018
 def _metric_name(m):
     f = getattr(m, 'func', m)
     return getattr(f, '__name__', type(f).__name__)
@@ -368,7 +368,7 @@ class AvgStatsCallback(Callback):
         self.history.append(row)
         self.learn.logger([str(row['epoch'])] + [f'{v:.6f}' for v in [tl, vl, *mets]] + [_fmt_time(row['time'])])
 
-# %% ../nbs/04_callbacks.ipynb #56e2f45b
+# %% ../nbs/04_callbacks.ipynb #79ff3a27
 def _bars_wanted():
     "HTML bars in a notebook, text bars on a terminal, none when output goes to a file or a pipe."
     return master_bar is NBMasterBar or sys.stdout.isatty()
@@ -395,9 +395,9 @@ class ProgressCallback(Callback):
         if not self.mbar: return
         if self.pbar: self.pbar.on_iter_end()
         self.mbar.on_iter_end()
-        self.learn.logger = self.old_logger
+        self.learn.logger, self.mbar, self.pbar = self.old_logger, None, None
 
-# %% ../nbs/04_callbacks.ipynb #140f31f4
+# %% ../nbs/04_callbacks.ipynb #19b4ee3f
 _CKPT_FORMAT = 'exp_lib checkpoint 1'
 
 def atomic_save(obj, path):
@@ -446,7 +446,7 @@ def load(self:Learner, path, with_opt=True):
     self.epochs_done = ckpt['epochs_done']
     return self
 
-# %% ../nbs/04_callbacks.ipynb #744eafdc
+# %% ../nbs/04_callbacks.ipynb #39cb97b6
 class TrackerCallback(Callback):
     "Base of callbacks that follow `monitor`, a per-epoch value of `AvgStatsCallback`, and note when it improves."
     run_after = AvgStatsCallback
