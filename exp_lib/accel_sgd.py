@@ -9,7 +9,7 @@ __all__ = ['optimizer_choices', 'ParamGroup', 'Optimizer', 'weight_decay', 'l2_r
            'OptimWrapper', 'TerminateOnNaNCallback', 'ModelResetter', 'RNNRegularizer', 'compare_optimizers',
            'plot_comparison']
 
-# %% ../nbs/16_accel_sgd.ipynb #9c58e6a8
+# %% ../nbs/16_accel_sgd.ipynb #e85b81bd
 import math, time
 from collections.abc import MutableMapping
 from functools import partial
@@ -19,7 +19,7 @@ from fastcore.basics import patch
 from .callbacks import (Callback, Learner, CancelFitException, AvgStatsCallback, defaults, _param_groups)
 from .anneal import ParamScheduler, Recorder, combine_scheds, sched_cos
 
-# %% ../nbs/16_accel_sgd.ipynb #b1125fe1
+# %% ../nbs/16_accel_sgd.ipynb #6a0f2cbc
 def _cb_attr(cb, name):
     "Attribute `name` of optimizer callback `cb`, looking through a `functools.partial`."
     return getattr(cb, name, None) or getattr(getattr(cb, 'func', None), name, None)
@@ -43,7 +43,7 @@ def _merge_state(state, res, cb):
         raise TypeError(f"Optimizer callback {_cb_name(cb)} returned a {type(res).__name__}; it must return a dict of state or None.")
     state.update(res)
 
-# %% ../nbs/16_accel_sgd.ipynb #7f176ecb
+# %% ../nbs/16_accel_sgd.ipynb #3a93b280
 class ParamGroup(MutableMapping):
     "A torch-style view of one parameter group: `'params'` and the group's hypers; writes reach the hypers."
     def __init__(self, params, hyper): self.params, self.hyper = params, hyper
@@ -57,7 +57,7 @@ class ParamGroup(MutableMapping):
     def __len__(self): return len(self.hyper) + 1
     def __repr__(self): return f"ParamGroup({len(self.params)} params, {self.hyper})"
 
-# %% ../nbs/16_accel_sgd.ipynb #54397eb2
+# %% ../nbs/16_accel_sgd.ipynb #0e1c2dc0
 class Optimizer:
     "Steps parameter groups by running the optimizer callbacks `cbs` on each parameter, with per-group hypers."
     def __init__(self, params, cbs, **defaults):
@@ -84,14 +84,13 @@ class Optimizer:
     def all_params(self): return [p for ps in self.param_lists for p in ps]
     def __repr__(self): return f"Optimizer({len(self.param_lists)} groups, cbs=[{', '.join(map(_cb_name, self.cbs))}], {self.hypers[0]})"
 
-# %% ../nbs/16_accel_sgd.ipynb #5829a0b7
+# %% ../nbs/16_accel_sgd.ipynb #06512dad
 @patch
 def zero_grad(self:Optimizer):
     "Detach and zero the gradient of every parameter."
     grads = [p.grad for p in self.all_params if p.grad is not None]
     for g in grads:
-        if g.grad_fn is not None: g.detach_()
-        g.requires_grad_(False)
+        if g.requires_grad: g.detach_()
     if grads: torch._foreach_zero_(grads)
 
 @patch
@@ -111,7 +110,7 @@ def step(self:Optimizer):
             self._cache.pop(gi, None)
             self._step_per_param(ps, hyper)
 
-# %% ../nbs/16_accel_sgd.ipynb #31e3f69d
+# %% ../nbs/16_accel_sgd.ipynb #19d3e112
 def weight_decay(p, lr, wd, **kwargs):
     "Decoupled weight decay: shrink `p` towards 0 by `lr*wd`."
     if wd: p.mul_(1 - lr * wd)
@@ -137,7 +136,7 @@ def momentum_step(p, lr, grad_avg, **kwargs):
     "SGD step along the averaged gradient."
     p.add_(grad_avg, alpha=-lr)
 
-# %% ../nbs/16_accel_sgd.ipynb #3dae69e6
+# %% ../nbs/16_accel_sgd.ipynb #8e3301c7
 def _decay(decouple_wd):
     "The weight-decay callback: decoupled, or L2 regularisation."
     return [weight_decay] if decouple_wd else [l2_reg]
@@ -147,7 +146,7 @@ def SGD(params, lr, mom=0., wd=0., decouple_wd=True):
     cbs = _decay(decouple_wd) + ([average_grad, momentum_step] if mom else [sgd_step])
     return Optimizer(params, cbs, lr=lr, mom=mom, wd=wd)
 
-# %% ../nbs/16_accel_sgd.ipynb #c0aec4b4
+# %% ../nbs/16_accel_sgd.ipynb #ed983548
 def average_sqr_grad(p, sqr_mom, dampening=True, sqr_avg=None, **kwargs):
     "Moving average of the squared gradients in state `sqr_avg`."
     if sqr_avg is None: sqr_avg = torch.zeros_like(p.grad)
@@ -165,7 +164,7 @@ def RMSProp(params, lr, sqr_mom=0.99, mom=0., eps=1e-8, wd=0., decouple_wd=True)
     cbs = _decay(decouple_wd) + ([average_grad] if mom else []) + [average_sqr_grad, rms_prop_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
 
-# %% ../nbs/16_accel_sgd.ipynb #e7b3ca6e
+# %% ../nbs/16_accel_sgd.ipynb #ac4ea6b1
 def step_stat(p, step=0, **kwargs):
     "Count the steps taken by `p` in state `step`."
     return {'step': step + 1}
@@ -189,7 +188,7 @@ def Adam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01, decouple_wd=True)
     "Adam (AdamW when `decouple_wd`), with fastai's defaults."
     return adam_family(params, adam_step, lr, mom, sqr_mom, eps, wd, decouple_wd)
 
-# %% ../nbs/16_accel_sgd.ipynb #2c21c22a
+# %% ../nbs/16_accel_sgd.ipynb #e8ecbd19
 def radam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     "RAdam: momentum steps while the variance of the adaptive term is untrustworthy, then rectified Adam steps."
     debias1, debias2 = debias(mom, 1 - mom, step), debias(sqr_mom, 1 - sqr_mom, step)
@@ -205,7 +204,7 @@ def RAdam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., decouple_wd=True):
     "Rectified Adam."
     return adam_family(params, radam_step, lr, mom, sqr_mom, eps, wd, decouple_wd)
 
-# %% ../nbs/16_accel_sgd.ipynb #043cdb57
+# %% ../nbs/16_accel_sgd.ipynb #b11135ae
 def lamb_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     "LAMB: Adam's step rescaled by the layer's trust ratio `||p|| / ||step||`."
     debias1, debias2 = debias(mom, 1 - mom, step), debias(sqr_mom, 1 - sqr_mom, step)
@@ -219,7 +218,7 @@ def Lamb(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-6, wd=0., decouple_wd=True):
     "LAMB."
     return adam_family(params, lamb_step, lr, mom, sqr_mom, eps, wd, decouple_wd)
 
-# %% ../nbs/16_accel_sgd.ipynb #4db12bfc
+# %% ../nbs/16_accel_sgd.ipynb #e72f2ad0
 class Lookahead:
     "Wraps `opt`: every `k` steps, slow weights move `alpha` of the way to the fast ones, which restart from them."
     def __init__(self, opt, k=6, alpha=0.5):
@@ -251,7 +250,7 @@ def ranger(params, lr, mom=0.95, wd=0.01, eps=1e-6, k=6, alpha=0.5, **kwargs):
     "RAdam inside Lookahead."
     return Lookahead(RAdam(params, lr=lr, mom=mom, wd=wd, eps=eps, **kwargs), k=k, alpha=alpha)
 
-# %% ../nbs/16_accel_sgd.ipynb #56698f8c
+# %% ../nbs/16_accel_sgd.ipynb #6f880c97
 def vectorised(cb):
     "Decorator: the decorated function becomes `cb.foreach`, the form of optimizer callback `cb` that takes whole groups."
     def _inner(f):
@@ -304,7 +303,7 @@ def _adam_step(ps, grads, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwar
     torch._foreach_add_(denom, eps)
     torch._foreach_addcdiv_(ps, grad_avg, denom, value=-lr / debias1)
 
-# %% ../nbs/16_accel_sgd.ipynb #53059533
+# %% ../nbs/16_accel_sgd.ipynb #1e6f5b53
 def _gather(states):
     "Group state from per-parameter states: tensors as lists, equal numbers as one number; `None` if they disagree."
     keys = set(states[0])
@@ -338,7 +337,7 @@ def _step_foreach(self:Optimizer, gi, ps, hyper):
                 for p in ps: self.state[p][k] = v
     return True
 
-# %% ../nbs/16_accel_sgd.ipynb #2b15e1d1
+# %% ../nbs/16_accel_sgd.ipynb #6ed558cb
 @patch
 def state_dict(self:Optimizer):
     "Hypers and per-parameter state; parameters are numbered in group order."
@@ -388,7 +387,7 @@ def unfreeze(self:Optimizer):
     "Train every parameter group."
     self.freeze_to(0)
 
-# %% ../nbs/16_accel_sgd.ipynb #71e9abc5
+# %% ../nbs/16_accel_sgd.ipynb #4279fad8
 def _hp_map(pg):
     "How exp_lib's hyper names map to the keys of torch parameter group `pg`: a key, or (key, index) into a tuple."
     m = {'lr': 'lr', 'eps': 'eps', 'wd': 'weight_decay'}
@@ -441,7 +440,7 @@ class OptimWrapper:
     def clear_state(self): self.opt.state.clear()
     def __repr__(self): return f"OptimWrapper({self.opt!r})"
 
-# %% ../nbs/16_accel_sgd.ipynb #bf7c5095
+# %% ../nbs/16_accel_sgd.ipynb #2f279872
 _create_opt = Learner.create_opt
 @patch
 def create_opt(self:Learner):
@@ -451,7 +450,7 @@ def create_opt(self:Learner):
 
 defaults.opt_func, defaults.lr = Adam, 1e-3
 
-# %% ../nbs/16_accel_sgd.ipynb #e31911a4
+# %% ../nbs/16_accel_sgd.ipynb #b7a2c3c0
 @patch
 def fit_one_cycle(self:Learner, n_epoch, lr_max=None, div=25., div_final=1e5, pct_start=0.25, moms=(0.95, 0.85, 0.95),
                   wd=None, cbs=None, start_epoch=0):
@@ -468,7 +467,7 @@ def fit_one_cycle(self:Learner, n_epoch, lr_max=None, div=25., div_final=1e5, pc
     if wd is not None: self.set_hyper('wd', wd)
     return self.fit(n_epoch, cbs=scheds + list(cbs or []), start_epoch=start_epoch)
 
-# %% ../nbs/16_accel_sgd.ipynb #6bb29ed9
+# %% ../nbs/16_accel_sgd.ipynb #c827dbb3
 class TerminateOnNaNCallback(Callback):
     "Ends the fit when the loss is NaN or infinite, before it is recorded or stepped on."
     order, run_before = -9, [AvgStatsCallback, Recorder]
@@ -477,7 +476,7 @@ class TerminateOnNaNCallback(Callback):
             self.learn.nan_at = (self.learn.epoch, self.learn.iter)
             raise CancelFitException()
 
-# %% ../nbs/16_accel_sgd.ipynb #e74bdf5d
+# %% ../nbs/16_accel_sgd.ipynb #0f7a1681
 class ModelResetter(Callback):
     "Calls `model.reset()` before training, before validation and after the fit."
     def before_train(self): self.learn.model.reset()
@@ -499,7 +498,7 @@ class RNNRegularizer(Callback):
         if self.beta and self.raw_out.shape[1] > 1: reg = reg + self.beta * (self.raw_out[:, 1:] - self.raw_out[:, :-1]).float().pow(2).mean()
         self.learn.loss = self.learn.loss + reg
 
-# %% ../nbs/16_accel_sgd.ipynb #ef5511c9
+# %% ../nbs/16_accel_sgd.ipynb #088a1282
 optimizer_choices = {
     'sgd':      (partial(SGD),             0.1),
     'momentum': (partial(SGD, mom=0.9),    0.1),

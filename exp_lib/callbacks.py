@@ -8,7 +8,7 @@ __all__ = ['DataLoaders', 'event', 'defaults', 'DataBunch', 'CancelBatchExceptio
            'trainable_params', 'print_row', 'Learner', 'TrainEvalCallback', 'AvgStats', 'AvgStatsCallback',
            'ProgressCallback', 'atomic_save', 'TrackerCallback', 'SaveModelCallback', 'EarlyStoppingCallback']
 
-# %% ../nbs/04_callbacks.ipynb #ff216d2b
+# %% ../nbs/04_callbacks.ipynb #6c9a4f58
 import contextlib, difflib, os, random, re, sys, time, warnings
 from pathlib import Path
 from functools import partial
@@ -20,19 +20,21 @@ from fastcore.basics import patch
 from fastprogress.fastprogress import master_bar, progress_bar, NBMasterBar
 from .minibatch import DataLoader, Dataset, accuracy, get_dls
 
-# %% ../nbs/04_callbacks.ipynb #1733e0ec
+# %% ../nbs/04_callbacks.ipynb #c5efbb85
+def _dataset(dl):
+    "The dataset of an exp_lib (`.ds`) or PyTorch (`.dataset`) DataLoader."
+    return dl.dataset if hasattr(dl, 'dataset') else dl.ds
+
 class DataBunch:
     "The training and validation `DataLoader`s of a task, and its number of classes `c`."
     def __init__(self, train_dl, valid_dl=None, c=None): self.train_dl, self.valid_dl, self.c = train_dl, valid_dl, c
-    @property
-    def train_ds(self): return self.train_dl.dataset if hasattr(self.train_dl, 'dataset') else self.train_dl.ds
-    @property
-    def valid_ds(self): return self.valid_dl.dataset if hasattr(self.valid_dl, 'dataset') else self.valid_dl.ds
+    train_ds = property(lambda self: _dataset(self.train_dl), doc="The training dataset")
+    valid_ds = property(lambda self: _dataset(self.valid_dl), doc="The validation dataset")
     def __repr__(self): return f"DataBunch(train: {len(self.train_dl)} batches, valid: {len(self.valid_dl or [])} batches, c={self.c})"
 
 DataLoaders = DataBunch
 
-# %% ../nbs/04_callbacks.ipynb #5e7a2a52
+# %% ../nbs/04_callbacks.ipynb #63efcf29
 _events = ('before_fit before_epoch before_train before_batch after_pred after_loss after_backward after_step '
            'after_cancel_batch after_batch after_cancel_train after_train before_validate after_cancel_validate '
            'after_validate after_cancel_epoch after_epoch after_cancel_fit after_fit').split()
@@ -49,7 +51,7 @@ class CancelEpochException(Exception):
 class CancelFitException(Exception):
     "End training now: `after_cancel_fit`, `after_fit`."
 
-# %% ../nbs/04_callbacks.ipynb #941047ea
+# %% ../nbs/04_callbacks.ipynb #26850487
 _learner_state = set('model data loss_func opt opt_func cbs dl xb yb pred loss n_epoch epoch iter n_iter training'.split())
 
 def _camel2snake(name): return re.sub(r'([a-z0-9])([A-Z])', r'\1_\2', re.sub(r'(.)([A-Z][a-z]+)', r'\1_\2', name)).lower()
@@ -94,7 +96,7 @@ def _check_events(cb):
         guess = _nearest_event(k)
         if guess: warnings.warn(f"{type(cb).__name__}.{k} is not an event, so it will never be called; did you mean {guess}?", stacklevel=3)
 
-# %% ../nbs/04_callbacks.ipynb #6e1232eb
+# %% ../nbs/04_callbacks.ipynb #8b3752d7
 def _matches(spec, cb):
     specs = spec if isinstance(spec, (list, tuple)) else [] if spec is None else [spec]
     return any(isinstance(cb, s) if isinstance(s, type) else type(cb).__name__ == s for s in specs)
@@ -114,7 +116,7 @@ def sort_by_run(cbs):
         done.add(i); res.append(cbs[i])
     return res
 
-# %% ../nbs/04_callbacks.ipynb #aa619570
+# %% ../nbs/04_callbacks.ipynb #e79a5d0d
 def trainable_params(m):
     "The parameters of `m` that require a gradient."
     return [p for p in m.parameters() if p.requires_grad]
@@ -124,6 +126,10 @@ def _param_groups(ps):
     ps = list(ps)
     if not ps: raise ValueError("The model has no trainable parameters: check the splitter, or that some parameters have requires_grad=True.")
     return [{'params': list(g)} for g in ps] if isinstance(ps[0], (list, tuple)) else ps
+
+def _as_tuple(v):
+    "`v` as a tuple: a tuple as is, a list converted, anything else (one tensor) wrapped."
+    return v if isinstance(v, tuple) else tuple(v) if isinstance(v, list) else (v,)
 
 def print_row(items):
     "Default learner logger: one line per row of the epoch table."
@@ -140,7 +146,7 @@ def _loss_error(learn, e):
                       f"{', '.join(str(_shape(o)) for o in learn.yb)}: {e}. Check that the model's output matches the loss "
                       f"(e.g. {learn.data.c or 'c'} class scores per item for cross entropy).")
 
-# %% ../nbs/04_callbacks.ipynb #5e353e48
+# %% ../nbs/04_callbacks.ipynb #fb68c24b
 class Learner:
     "Trains `model` on `data` with `loss_func` and an optimizer from `opt_func`; callbacks customise every step."
     def __init__(self, model, data,
@@ -165,14 +171,8 @@ class Learner:
 
     x = property(lambda self: self.xb[0], doc="The first input of the batch")
     y = property(lambda self: self.yb[0], doc="The first target of the batch")
-    @property
-    def xb(self): return self._xb
-    @xb.setter
-    def xb(self, v): self._xb = v if isinstance(v, tuple) else tuple(v) if isinstance(v, list) else (v,)
-    @property
-    def yb(self): return self._yb
-    @yb.setter
-    def yb(self, v): self._yb = v if isinstance(v, tuple) else tuple(v) if isinstance(v, list) else (v,)
+    xb = property(lambda self: self._xb, lambda self, v: setattr(self, '_xb', _as_tuple(v)), doc="The inputs of the batch (a tuple)")
+    yb = property(lambda self: self._yb, lambda self, v: setattr(self, '_yb', _as_tuple(v)), doc="The targets of the batch (a tuple)")
 
     def __call__(self, event_name):
         for f in self._handlers.get(event_name, ()): f()
@@ -231,7 +231,7 @@ class Learner:
             self('after_fit')
         return self
 
-# %% ../nbs/04_callbacks.ipynb #c2c0996c
+# %% ../nbs/04_callbacks.ipynb #687ee790
 @patch
 def _set_cbs(self:Learner, cbs):
     "Sort `cbs` and rebuild the event -> handlers table; raises (changing nothing) if they cannot be ordered."
@@ -300,7 +300,7 @@ def set_hyper(self:Learner, name, val):
     if len(vals) != len(pgs): raise ValueError(f"{len(vals)} values given for {name!r} but the optimizer has {len(pgs)} parameter groups.")
     for pg, v in zip(pgs, vals): pg[name] = v
 
-# %% ../nbs/04_callbacks.ipynb #38e878a3
+# %% ../nbs/04_callbacks.ipynb #c66279b4
 class TrainEvalCallback(Callback):
     "Switches the model between train and eval mode and keeps `train_iter` and `pct_train`."
     order = -10
@@ -316,7 +316,7 @@ class TrainEvalCallback(Callback):
     def before_validate(self): self.learn.model.eval()
     def after_epoch(self): self.learn.epochs_done = self.learn.epoch + 1
 
-# %% ../nbs/04_callbacks.ipynb #6be12018
+# %% ../nbs/04_callbacks.ipynb #598feb00
 def _metric_name(m):
     f = getattr(m, 'func', m)
     return getattr(f, '__name__', type(f).__name__)
@@ -368,7 +368,7 @@ class AvgStatsCallback(Callback):
         self.history.append(row)
         self.learn.logger([str(row['epoch'])] + [f'{v:.6f}' for v in [tl, vl, *mets]] + [_fmt_time(row['time'])])
 
-# %% ../nbs/04_callbacks.ipynb #79ff3a27
+# %% ../nbs/04_callbacks.ipynb #35412262
 def _bars_wanted():
     "HTML bars in a notebook, text bars on a terminal, none when output goes to a file or a pipe."
     return master_bar is NBMasterBar or sys.stdout.isatty()
@@ -397,7 +397,7 @@ class ProgressCallback(Callback):
         self.mbar.on_iter_end()
         self.learn.logger, self.mbar, self.pbar = self.old_logger, None, None
 
-# %% ../nbs/04_callbacks.ipynb #19b4ee3f
+# %% ../nbs/04_callbacks.ipynb #a24cb042
 _CKPT_FORMAT = 'exp_lib checkpoint 1'
 
 def atomic_save(obj, path):
@@ -446,7 +446,7 @@ def load(self:Learner, path, with_opt=True):
     self.epochs_done = ckpt['epochs_done']
     return self
 
-# %% ../nbs/04_callbacks.ipynb #39cb97b6
+# %% ../nbs/04_callbacks.ipynb #0b83018c
 class TrackerCallback(Callback):
     "Base of callbacks that follow `monitor`, a per-epoch value of `AvgStatsCallback`, and note when it improves."
     run_after = AvgStatsCallback
