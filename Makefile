@@ -8,7 +8,9 @@ export MPLBACKEND := Agg
 
 .PHONY: install test export-check nbtest pytest train bench clean
 
+# Python 3.9 cannot install torch 2.13 or nbdev 2's pins (fastcore>=1.12.3): say so before pip fails obscurely.
 $(BIN)/python:
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v >= (3, 10) else f"exp_lib needs Python 3.10 to 3.13 (torch 2.13, nbdev 2.4), but $(PYTHON) is Python {v[0]}.{v[1]}; run make PYTHON=python3.11 (or another 3.10+).")'
 	$(PYTHON) -m venv $(VENV)
 
 # torch first, pinned: an unpinned torch resolved by pip would pull a multi-GB CUDA build.

@@ -15,8 +15,10 @@ from collections.abc import MutableMapping
 from functools import partial
 import torch
 import torch.nn.functional as F
+import matplotlib.pyplot as plt
 from fastcore.basics import patch
-from .callbacks import (Callback, Learner, CancelFitException, AvgStatsCallback, defaults, _param_groups)
+from .callbacks import (Callback, Learner, CancelFitException, AvgStatsCallback, defaults, _param_groups,
+                               _check_hyper, _per_group, _freeze_groups, _one_group)
 from .anneal import ParamScheduler, Recorder, combine_scheds, sched_cos
 
 # %% ../nbs/16_accel_sgd.ipynb #6a0f2cbc
@@ -32,10 +34,7 @@ def _vectorised_form(cb):
     return f if f is None or not isinstance(cb, partial) else partial(f, *cb.args, **cb.keywords)
 
 def _check_hypers(h, where):
-    for k in ('lr', 'eps', 'wd'):
-        if k in h and h[k] < 0: raise ValueError(f"{where}: {k} must be >= 0, got {k}={h[k]}.")
-    for k in ('mom', 'sqr_mom'):
-        if k in h and not 0 <= h[k] < 1: raise ValueError(f"{where}: {k} must be in [0, 1), got {k}={h[k]}.")
+    for k, v in h.items(): _check_hyper(k, v, where)
 
 def _merge_state(state, res, cb):
     if res is None: return
@@ -50,7 +49,7 @@ class ParamGroup(MutableMapping):
     def __getitem__(self, k): return self.params if k == 'params' else self.hyper[k]
     def __setitem__(self, k, v):
         if k == 'params': raise KeyError("The parameters of a group cannot be replaced through param_groups; make a new optimizer.")
-        self.hyper[k] = v
+        self.hyper[k] = _check_hyper(k, v, 'param_groups')
     def __delitem__(self, k): del self.hyper[k]
     def __contains__(self, k): return k == 'params' or k in self.hyper
     def __iter__(self): yield 'params'; yield from self.hyper
@@ -82,6 +81,8 @@ class Optimizer:
     def param_groups(self): return self._views
     @property
     def all_params(self): return [p for ps in self.param_lists for p in ps]
+    @property
+    def kind(self): return f"Optimizer[{', '.join(map(_cb_name, self.cbs))}]"
     def __repr__(self): return f"Optimizer({len(self.param_lists)} groups, cbs=[{', '.join(map(_cb_name, self.cbs))}], {self.hypers[0]})"
 
 # %% ../nbs/16_accel_sgd.ipynb #06512dad
@@ -239,6 +240,8 @@ class Lookahead:
             s.add_(p - s, alpha=self.alpha)
             p.copy_(s)
 
+    @property
+    def kind(self): return f"Lookahead({self.opt.kind})"
     def zero_grad(self): self.opt.zero_grad()
     def clear_state(self): self.opt.clear_state(); self.count, self.slow = 0, None
     def state_dict(self): return {'opt': self.opt.state_dict(), 'count': self.count, 'slow': self.slow}
@@ -371,15 +374,12 @@ def clear_state(self:Optimizer):
 @patch
 def freeze_to(self:Optimizer, n):
     "Train only the parameter groups from `n` on (`n` may be negative)."
-    n = n if n >= 0 else len(self.param_lists) + n
-    for i, ps in enumerate(self.param_lists):
-        for p in ps:
-            p.requires_grad_(i >= n)
-            if i < n: p.grad = None
+    _freeze_groups(self.param_lists, n)
 
 @patch
 def freeze(self:Optimizer):
     "Train only the last parameter group."
+    if len(self.param_lists) < 2: raise ValueError(_one_group)
     self.freeze_to(-1)
 
 @patch
@@ -404,6 +404,7 @@ class TorchParamGroup(MutableMapping):
         t = self.hp_map.get(k, k)
         return self.pg[t[0]][t[1]] if isinstance(t, tuple) else self.pg[t]
     def __setitem__(self, k, v):
+        _check_hyper(k, v, 'param_groups')
         t = self.hp_map.get(k, k)
         if isinstance(t, tuple):
             vals = list(self.pg[t[0]]); vals[t[1]] = v; self.pg[t[0]] = tuple(vals)
@@ -426,6 +427,7 @@ class OptimWrapper:
             for k, v in ours.items():
                 if k not in self.hp_map: raise KeyError(f"{type(self.opt).__name__} has no hyper {k!r}; it has {sorted(self.hp_map)}.")
                 for pg in self.param_groups: pg[k] = v
+        for i, pg in enumerate(self.param_groups): _check_hypers({k: pg[k] for k in self.hp_map}, f"{type(self.opt).__name__} parameter group {i}")
     @property
     def param_groups(self):
         "Views of the torch optimizer's current groups (its `load_state_dict` replaces the group dicts)."
@@ -438,6 +440,13 @@ class OptimWrapper:
     def state_dict(self): return self.opt.state_dict()
     def load_state_dict(self, sd): self.opt.load_state_dict(sd)
     def clear_state(self): self.opt.state.clear()
+    def freeze_to(self, n): _freeze_groups([pg['params'] for pg in self.opt.param_groups], n)
+    def freeze(self):
+        if len(self.opt.param_groups) < 2: raise ValueError(_one_group)
+        self.freeze_to(-1)
+    def unfreeze(self): self.freeze_to(0)
+    @property
+    def kind(self): return f"OptimWrapper({type(self.opt).__name__})"
     def __repr__(self): return f"OptimWrapper({self.opt!r})"
 
 # %% ../nbs/16_accel_sgd.ipynb #2f279872
@@ -451,21 +460,36 @@ def create_opt(self:Learner):
 defaults.opt_func, defaults.lr = Adam, 1e-3
 
 # %% ../nbs/16_accel_sgd.ipynb #b7a2c3c0
+def _check_moms(moms):
+    if moms is None: return
+    if len(moms) != 3: raise ValueError(f"fit_one_cycle: moms is (start, middle, end), got {moms!r}.")
+    for m in moms: _check_hyper('mom', m, 'fit_one_cycle')
+
 @patch
 def fit_one_cycle(self:Learner, n_epoch, lr_max=None, div=25., div_final=1e5, pct_start=0.25, moms=(0.95, 0.85, 0.95),
                   wd=None, cbs=None, start_epoch=0):
     "Fit `n_epoch` epochs with the one-cycle policy: cosine warm-up to `lr_max` then annealing; momentum opposite."
-    lr_max = self.lr if lr_max is None else lr_max
     n_groups = len(self.opt.param_groups)
-    lr_maxs = list(lr_max) if isinstance(lr_max, (list, tuple)) else [lr_max] * n_groups
-    if len(lr_maxs) != n_groups: raise ValueError(f"fit_one_cycle got {len(lr_maxs)} lr_max values for {n_groups} parameter groups.")
-    if not 0 <= pct_start <= 1: raise ValueError(f"pct_start must be between 0 and 1, got {pct_start}.")
+    lr_maxs = _per_group(self.lr if lr_max is None else lr_max, n_groups, 'lr', 'fit_one_cycle')
+    for name, v in (('div', div), ('div_final', div_final)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0): raise ValueError(f"fit_one_cycle: {name} must be a finite number > 0, got {name}={v!r}.")
+    if not 0 <= pct_start <= 1: raise ValueError(f"fit_one_cycle: pct_start must be between 0 and 1, got {pct_start}.")
+    _check_moms(moms)
+    if wd is not None: self.set_hyper('wd', wd)
     pcts = [pct_start, 1 - pct_start]
     scheds = [ParamScheduler('lr', [combine_scheds(pcts, [sched_cos(l / div, l), sched_cos(l, l / div_final)]) for l in lr_maxs])]
     if moms is not None and 'mom' in self.opt.param_groups[0]:
         scheds.append(ParamScheduler('mom', combine_scheds(pcts, [sched_cos(moms[0], moms[1]), sched_cos(moms[1], moms[2])])))
-    if wd is not None: self.set_hyper('wd', wd)
     return self.fit(n_epoch, cbs=scheds + list(cbs or []), start_epoch=start_epoch)
+
+# %% ../nbs/16_accel_sgd.ipynb #18869073
+@patch
+def fine_tune(self:Learner, epochs, base_lr=2e-3, freeze_epochs=1, lr_mult=100, pct_start=0.3, div=5., **kwargs):
+    "Train the head alone (frozen body) for `freeze_epochs`, then everything for `epochs`, the first group `lr_mult` times slower."
+    self.freeze()
+    self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, **kwargs)
+    self.unfreeze()
+    self.fit_one_cycle(epochs, slice(base_lr / 2 / lr_mult, base_lr / 2), pct_start=pct_start, div=div, **kwargs)
 
 # %% ../nbs/16_accel_sgd.ipynb #c827dbb3
 class TerminateOnNaNCallback(Callback):
@@ -509,18 +533,22 @@ optimizer_choices = {
     'ranger':   (partial(ranger),          1e-2),
 }
 
-def compare_optimizers(make_learner, names, n_epoch, sched='one_cycle', seed=42):
+def compare_optimizers(make_learner, names, n_epoch, sched='one_cycle', seed=42,
+                       lr=None, # None: each optimizer's usual lr; a number for all; 'auto': each one's `lr_find` suggestion
+                       wd=None): # weight decay for all (None: each optimizer's own)
     "Train a learner from `make_learner(opt_func, lr)` with each optimizer in `names`; one result row and one `Recorder` each."
     rows, recorders = [], {}
     for name in names:
         if name not in optimizer_choices: raise ValueError(f"Unknown optimizer {name!r}; choose from {', '.join(optimizer_choices)}.")
-        opt_func, lr = optimizer_choices[name]
+        opt_func, usual_lr = optimizer_choices[name]
         torch.manual_seed(seed)
-        learn = make_learner(opt_func, lr)
+        learn = make_learner(opt_func, usual_lr if lr in (None, 'auto') else lr)
+        if lr == 'auto': learn.lr = learn.lr_find(show_plot=False).valley
+        if wd is not None: learn.set_hyper('wd', wd)
         start = time.perf_counter()
-        learn.fit_one_cycle(n_epoch, lr) if sched == 'one_cycle' else learn.fit(n_epoch, lr)
+        learn.fit_one_cycle(n_epoch) if sched == 'one_cycle' else learn.fit(n_epoch)
         last = learn.avg_stats.history[-1]
-        rows.append(dict(optimizer=name, lr=lr, train_loss=last['train_loss'], valid_loss=last['valid_loss'],
+        rows.append(dict(optimizer=name, lr=learn.lr, train_loss=last['train_loss'], valid_loss=last['valid_loss'],
                          accuracy=last.get('accuracy', float('nan')), time=time.perf_counter() - start))
         recorders[name] = learn.recorder
     return rows, recorders

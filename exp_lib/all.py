@@ -6,11 +6,11 @@
 __all__ = []
 
 # %% ../nbs/99_all.ipynb #06f9b838
-from . import data, minibatch, callbacks, anneal, accel_sgd, train
+from . import data, minibatch, callbacks, anneal, accel_sgd
 from .data import *
 from .minibatch import *
 from .callbacks import *
 from .anneal import *
 from .accel_sgd import *
-from .train import *
-__all__ = [n for m in (data, minibatch, callbacks, anneal, accel_sgd, train) for n in m.__all__]
+from .train import make_model
+__all__ = [n for m in (data, minibatch, callbacks, anneal, accel_sgd) for n in m.__all__ if n != 'fit'] + ['make_model']

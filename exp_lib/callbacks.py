@@ -4,12 +4,13 @@
 
 # %% auto #0
 __all__ = ['DataLoaders', 'event', 'defaults', 'DataBunch', 'CancelBatchException', 'CancelTrainException',
-           'CancelValidException', 'CancelEpochException', 'CancelFitException', 'Callback', 'sort_by_run',
-           'trainable_params', 'print_row', 'Learner', 'TrainEvalCallback', 'AvgStats', 'AvgStatsCallback',
-           'ProgressCallback', 'atomic_save', 'TrackerCallback', 'SaveModelCallback', 'EarlyStoppingCallback']
+           'CancelValidException', 'CancelEpochException', 'CancelFitException', 'Callback', 'sort_by_run', 'params',
+           'trainable_params', 'apply', 'to_detach', 'print_row', 'Learner', 'TrainEvalCallback', 'AvgStats',
+           'AvgStatsCallback', 'ProgressCallback', 'atomic_save', 'TrackerCallback', 'SaveModelCallback',
+           'EarlyStoppingCallback']
 
 # %% ../nbs/04_callbacks.ipynb #6c9a4f58
-import contextlib, difflib, os, random, re, sys, time, warnings
+import contextlib, difflib, math, numbers, os, random, re, sys, time, warnings
 from pathlib import Path
 from functools import partial
 from types import SimpleNamespace
@@ -25,12 +26,19 @@ def _dataset(dl):
     "The dataset of an exp_lib (`.ds`) or PyTorch (`.dataset`) DataLoader."
     return dl.dataset if hasattr(dl, 'dataset') else dl.ds
 
+def _describe_dl(dl):
+    if dl is None: return 'none'
+    n = len(_dataset(dl)) if hasattr(_dataset(dl), '__len__') else '?'
+    return f"{n} items in {len(dl)} batches"
+
 class DataBunch:
-    "The training and validation `DataLoader`s of a task, and its number of classes `c`."
-    def __init__(self, train_dl, valid_dl=None, c=None): self.train_dl, self.valid_dl, self.c = train_dl, valid_dl, c
+    "The training and validation `DataLoader`s of a task, its number of classes `c`, and how many items of a batch are inputs."
+    def __init__(self, train_dl, valid_dl=None, c=None,
+                 n_inp=1): # a batch `(x1, ..., xn, y1, ...)` holds `n_inp` inputs, then the targets
+        self.train_dl, self.valid_dl, self.c, self.n_inp = train_dl, valid_dl, c, n_inp
     train_ds = property(lambda self: _dataset(self.train_dl), doc="The training dataset")
     valid_ds = property(lambda self: _dataset(self.valid_dl), doc="The validation dataset")
-    def __repr__(self): return f"DataBunch(train: {len(self.train_dl)} batches, valid: {len(self.valid_dl or [])} batches, c={self.c})"
+    def __repr__(self): return f"DataBunch(train: {_describe_dl(self.train_dl)}, valid: {_describe_dl(self.valid_dl)}, c={self.c})"
 
 DataLoaders = DataBunch
 
@@ -117,6 +125,10 @@ def sort_by_run(cbs):
     return res
 
 # %% ../nbs/04_callbacks.ipynb #e79a5d0d
+def params(m):
+    "Every parameter of `m`, trainable now or not: freezing decides what trains, not the optimizer."
+    return list(m.parameters())
+
 def trainable_params(m):
     "The parameters of `m` that require a gradient."
     return [p for p in m.parameters() if p.requires_grad]
@@ -124,8 +136,21 @@ def trainable_params(m):
 def _param_groups(ps):
     "Torch-style parameter groups from what a splitter returns: a list of parameters or a list of lists."
     ps = list(ps)
-    if not ps: raise ValueError("The model has no trainable parameters: check the splitter, or that some parameters have requires_grad=True.")
+    if not ps: raise ValueError("The splitter returned no parameters: check that it returns the model's parameters, or a list of parameter groups.")
     return [{'params': list(g)} for g in ps] if isinstance(ps[0], (list, tuple)) else ps
+
+def apply(f, o):
+    "`f` applied to every tensor in `o`: a tensor, or any nesting of tuples, lists and dicts of them."
+    if isinstance(o, torch.Tensor): return f(o)
+    if isinstance(o, dict): return {k: apply(f, v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        res = [apply(f, v) for v in o]
+        return type(o)(*res) if hasattr(o, '_fields') else type(o)(res)
+    return o
+
+def to_detach(o):
+    "`o` with every tensor detached from the graph."
+    return apply(torch.Tensor.detach, o)
 
 def _as_tuple(v):
     "`v` as a tuple: a tuple as is, a list converted, anything else (one tensor) wrapped."
@@ -139,12 +164,38 @@ defaults = SimpleNamespace(opt_func=optim.SGD, lr=0.1, callbacks=[])
 
 def _shape(o): return tuple(o.shape) if hasattr(o, 'shape') else type(o).__name__
 
+def _loss_name(f): return getattr(f, '__name__', type(f).__name__)
+
 def _loss_error(learn, e):
     "A `ValueError` naming the shapes that `loss_func` could not combine, with its original message."
-    name = getattr(learn.loss_func, '__name__', type(learn.loss_func).__name__)
-    return ValueError(f"{name} failed on predictions of shape {_shape(learn.pred)} and targets of shape "
+    return ValueError(f"{_loss_name(learn.loss_func)} failed on predictions of shape {_shape(learn.pred)} and targets of shape "
                       f"{', '.join(str(_shape(o)) for o in learn.yb)}: {e}. Check that the model's output matches the loss "
                       f"(e.g. {learn.data.c or 'c'} class scores per item for cross entropy).")
+
+# %% ../nbs/04_callbacks.ipynb #a851d06a
+_hyper_ranges = {'lr': (0, math.inf), 'wd': (0, math.inf), 'eps': (0, math.inf), 'mom': (0, 1), 'sqr_mom': (0, 1)}
+
+def _check_hyper(name, v, where='set_hyper'):
+    "`v` if it is a valid value of hyper `name`, else a `ValueError` saying what is allowed; unknown names pass."
+    lo_hi = _hyper_ranges.get(name)
+    if lo_hi is None: return v
+    lo, hi = lo_hi
+    ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and lo <= v and (v < hi or hi == math.inf)
+    if not ok:
+        allowed = 'a finite number >= 0' if hi == math.inf else f'a number in [{lo}, {hi})'
+        raise ValueError(f"{where}: {name} must be {allowed}, got {name}={v!r}.")
+    return v
+
+def _per_group(v, n, name, where='set_hyper'):
+    "One checked value of hyper `name` per parameter group from `v`: a number for all, a list (one each), or a slice."
+    if isinstance(v, slice):
+        if v.step is not None or v.stop is None: raise ValueError(f"{where}: a slice of {name} is slice(hi) or slice(lo, hi), got {v}.")
+        if not v.start: vals = [v.stop / 10] * (n - 1) + [v.stop]
+        elif n == 1: vals = [v.stop]
+        else: vals = [v.start * (v.stop / v.start) ** (i / (n - 1)) for i in range(n)]
+    else: vals = list(v) if isinstance(v, (list, tuple)) else [v] * n
+    if len(vals) != n: raise ValueError(f"{where}: {len(vals)} values given for {name!r} but the optimizer has {n} parameter groups.")
+    return [_check_hyper(name, o, where) for o in vals]
 
 # %% ../nbs/04_callbacks.ipynb #fb68c24b
 class Learner:
@@ -152,10 +203,10 @@ class Learner:
     def __init__(self, model, data,
                  loss_func=F.cross_entropy, # called as `loss_func(pred, *yb)`
                  opt_func=None,             # `opt_func(param_groups, lr=lr)` makes the optimizer; default `defaults.opt_func`
-                 lr=None,                   # default learning rate; default `defaults.lr`
+                 lr=None,                   # default learning rate (a number, one per group, or a slice); default `defaults.lr`
                  cbs=None,                  # callbacks (instances or classes) added to the defaults
                  metrics=None,              # functions `metric(pred, *yb)` averaged per epoch by `AvgStatsCallback`
-                 splitter=trainable_params, # model -> parameters, or a list of parameter groups
+                 splitter=params,           # model -> parameters, or a list of parameter groups
                  progress=True,             # show progress bars (`ProgressCallback`)
                  logger=print_row):         # receives the epoch table, one row (a list of strings) at a time
         self.model, self.data, self.loss_func, self.splitter, self.logger = model, data, loss_func, splitter, logger
@@ -163,11 +214,16 @@ class Learner:
         self._set_cbs([])
         self.n_epoch, self.epoch, self.iter, self.n_iter, self.training = 1, 0, 0, 0, False
         self.xb, self.yb, self.pred, self.loss = (), (), None, None
+        self._n_inp, self._loss_unchecked = 1, True
         self.create_opt()
         self.add_cbs([TrainEvalCallback(), AvgStatsCallback(metrics)] + ([ProgressCallback()] if progress else [])
                      + [cb() for cb in defaults.callbacks] + list(cbs or []))
 
-    def create_opt(self): self.opt = self.opt_func(_param_groups(self.splitter(self.model)), lr=self.lr)
+    def create_opt(self):
+        groups = _param_groups(self.splitter(self.model))
+        lrs = _per_group(self.lr, len(groups) if isinstance(groups[0], dict) else 1, 'lr', 'Learner')
+        self.opt = self.opt_func(groups, lr=lrs[-1])
+        self.set_hyper('lr', lrs)
 
     x = property(lambda self: self.xb[0], doc="The first input of the batch")
     y = property(lambda self: self.yb[0], doc="The first target of the batch")
@@ -186,8 +242,7 @@ class Learner:
 
     def _do_one_batch(self):
         self.pred = self.model(*self.xb);                 self('after_pred')
-        try: self.loss = self.loss_func(self.pred, *self.yb)
-        except (RuntimeError, ValueError, IndexError) as e: raise _loss_error(self, e) from e
+        self.loss = self._first_loss() if self._loss_unchecked else self._loss()
         self('after_loss')
         if not self.training: return
         self.loss.backward();                             self('after_backward')
@@ -195,8 +250,9 @@ class Learner:
         self.opt.zero_grad()
 
     def _all_batches(self):
+        n_inp = self._n_inp
         for self.iter, b in enumerate(self.dl):
-            self.xb, self.yb = b[:1], b[1:]
+            self.xb, self.yb = b[:n_inp], b[n_inp:]
             self._with_events(self._do_one_batch, 'batch', CancelBatchException)
 
     def _do_phase(self, dl, training, name, exc):
@@ -213,11 +269,12 @@ class Learner:
             self._with_events(self._do_epoch, 'epoch', CancelEpochException)
 
     def fit(self, n_epoch=1, lr=None, cbs=None, start_epoch=0):
-        "Train for `n_epoch` epochs (from `start_epoch`, to resume a schedule); `cbs` are added for this fit only."
+        "Train for `n_epoch` epochs from `learn.lr` (or `lr`), from `start_epoch` to resume a schedule; `cbs` are added for this fit only."
+        _check_epochs(n_epoch, start_epoch)
         if not len(self.data.train_dl):
             raise ValueError("The training DataLoader yields no batch (its dataset is empty, or drop_last drops the only batch); give it at least bs items.")
-        if not 0 <= start_epoch <= n_epoch: raise ValueError(f"start_epoch={start_epoch} must be between 0 and n_epoch={n_epoch}.")
-        if lr is not None: self.set_hyper('lr', lr)
+        self.set_hyper('lr', self.lr if lr is None else lr)
+        self._n_inp, self._loss_unchecked = getattr(self.data, 'n_inp', 1), True
         with self.added_cbs(cbs):
             self.n_epoch, self.start_epoch = n_epoch, start_epoch
             try:
@@ -230,6 +287,44 @@ class Learner:
                 raise
             self('after_fit')
         return self
+
+# %% ../nbs/04_callbacks.ipynb #84f271bf
+def _check_epochs(n_epoch, start_epoch):
+    for name, v, lo in (('n_epoch', n_epoch, 1), ('start_epoch', start_epoch, 0)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+            raise ValueError(f"{name} must be a whole number >= {lo}, got {name}={v!r}.")
+    if start_epoch >= n_epoch: raise ValueError(f"start_epoch={start_epoch} must be below n_epoch={n_epoch}: the fit would have nothing to do.")
+
+@patch
+def _loss(self:Learner):
+    try: return self.loss_func(self.pred, *self.yb)
+    except (RuntimeError, ValueError, IndexError) as e: raise _loss_error(self, e) from e
+
+@patch
+def _first_loss(self:Learner):
+    "The loss of the first batch of a fit, with PyTorch's broadcasting warning turned into an error that names both shapes."
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        loss = self._loss()
+    self._loss_unchecked = False
+    for w in caught:
+        if 'target size' in str(w.message):
+            p, t = _shape(self.pred), _shape(self.yb[0])
+            raise ValueError(f"{_loss_name(self.loss_func)} got predictions of shape {p} and targets of shape {t}, which broadcast to "
+                             f"{tuple(torch.broadcast_shapes(p, t))}: every prediction would be compared with every target. "
+                             f"Give them the same shape (e.g. squeeze the model's last dimension, or unsqueeze the targets).")
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return loss
+
+@patch
+def __repr__(self:Learner):
+    n = sum(p.numel() for p in self.model.parameters())
+    return (f"Learner({type(self.model).__name__} ({n:,} parameters), {self.data!r}, loss_func={_loss_name(self.loss_func)}, "
+            f"opt={_opt_kind(self.opt)}, lr={self.lr}, cbs=[{', '.join(type(cb).__name__ for cb in self.cbs)}])")
+
+def _opt_kind(opt):
+    "What kind of optimizer `opt` is, as far as its state is concerned: an exp_lib optimizer names its callbacks."
+    return getattr(opt, 'kind', None) or type(opt).__name__
 
 # %% ../nbs/04_callbacks.ipynb #687ee790
 @patch
@@ -294,11 +389,9 @@ def removed_cbs(self:Learner, cbs):
 
 @patch
 def set_hyper(self:Learner, name, val):
-    "Set hyper-parameter `name` of every parameter group to `val` (or `val[i]` for group `i`)."
+    "Set hyper `name` of every parameter group: to `val`, `val[i]` for group `i`, or spread from a slice; checked first."
     pgs = self.opt.param_groups
-    vals = list(val) if isinstance(val, (list, tuple)) else [val] * len(pgs)
-    if len(vals) != len(pgs): raise ValueError(f"{len(vals)} values given for {name!r} but the optimizer has {len(pgs)} parameter groups.")
-    for pg, v in zip(pgs, vals): pg[name] = v
+    for pg, v in zip(pgs, _per_group(val, len(pgs), name)): pg[name] = v
 
 # %% ../nbs/04_callbacks.ipynb #c66279b4
 class TrainEvalCallback(Callback):
@@ -332,7 +425,7 @@ class AvgStats:
     def __init__(self, metrics, in_train): self.metrics, self.in_train = metrics, in_train; self.reset()
     def reset(self): self.losses, self.mets, self.bns = [], [[] for _ in self.metrics], []
     def accumulate(self, learn):
-        pred = learn.pred.detach()
+        pred = to_detach(learn.pred)
         self.bns.append(len(learn.yb[0]))
         self.losses.append(learn.loss.detach())
         for vals, m in zip(self.mets, self.metrics): vals.append(m(pred, *learn.yb))
@@ -426,7 +519,8 @@ def _check_fits(model, sd, path):
 def save(self:Learner, path, with_opt=True):
     "Save model, optimizer (if `with_opt`), epochs done and RNG states to `path`, atomically."
     return atomic_save({'format': _CKPT_FORMAT, 'model': self.model.state_dict(),
-                        'opt': self.opt.state_dict() if with_opt else None, 'epochs_done': getattr(self, 'epochs_done', 0),
+                        'opt': self.opt.state_dict() if with_opt else None, 'opt_kind': _opt_kind(self.opt),
+                        'epochs_done': getattr(self, 'epochs_done', 0),
                         'rng': {'torch': torch.get_rng_state(), 'python': random.getstate()}}, path)
 
 @patch
@@ -439,8 +533,13 @@ def load(self:Learner, path, with_opt=True):
     if not isinstance(ckpt, dict) or ckpt.get('format') != _CKPT_FORMAT:
         raise ValueError(f"{path} is not an exp_lib checkpoint (no '{_CKPT_FORMAT}' marker); it may hold bare weights: use model.load_state_dict(torch.load(path)).")
     _check_fits(self.model, ckpt['model'], path)
+    if with_opt and ckpt['opt'] is not None:
+        saved, here = ckpt.get('opt_kind'), _opt_kind(self.opt)
+        if saved is not None and saved != here:
+            raise ValueError(f"The optimizer state in {path} was saved by {saved}; this learner's optimizer is {here}. "
+                             f"Make the Learner with the opt_func that saved it, or load with with_opt=False.")
+        self.opt.load_state_dict(ckpt['opt'])
     self.model.load_state_dict(ckpt['model'])
-    if with_opt and ckpt['opt'] is not None: self.opt.load_state_dict(ckpt['opt'])
     torch.set_rng_state(ckpt['rng']['torch'])
     random.setstate(ckpt['rng']['python'])
     self.epochs_done = ckpt['epochs_done']
@@ -485,3 +584,42 @@ class EarlyStoppingCallback(TrackerCallback):
         if self.wait >= self.patience:
             self.learn.stopped_at = self.learn.epoch
             raise CancelFitException()
+
+# %% ../nbs/04_callbacks.ipynb #394ea0ce
+_norm_types = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+_one_group = ("freeze needs at least two parameter groups (a body to freeze, a head to train); "
+              "give the Learner a splitter that returns [body, head] parameter lists.")
+
+def _freeze_groups(param_lists, n, keep=frozenset()):
+    "Stop the training of the parameter lists before `n` (except parameters whose id is in `keep`); train the others."
+    k = n if n >= 0 else len(param_lists) + n
+    if not 0 <= k < len(param_lists):
+        raise ValueError(f"freeze_to({n}) with {len(param_lists)} parameter group(s) would freeze every group, so nothing would train; " + _one_group)
+    for i, ps in enumerate(param_lists):
+        for p in ps:
+            train = i >= k or id(p) in keep
+            p.requires_grad_(train)
+            if not train: p.grad = None
+
+def _clear_state(opt):
+    if hasattr(opt, 'clear_state'): opt.clear_state()
+    else: opt.state.clear()
+
+@patch
+def freeze_to(self:Learner, n, train_bn=True):
+    "Train only the parameter groups from `n` on (and, if `train_bn`, every normalisation layer); clears the optimizer's state."
+    keep = {id(p) for m in self.model.modules() if isinstance(m, _norm_types) for p in m.parameters(recurse=False)} if train_bn else set()
+    _freeze_groups([pg['params'] for pg in self.opt.param_groups], n, keep)
+    _clear_state(self.opt)
+
+@patch
+def freeze(self:Learner, train_bn=True):
+    "Train only the last parameter group (and normalisation layers if `train_bn`)."
+    if len(self.opt.param_groups) < 2: raise ValueError(_one_group)
+    self.freeze_to(-1, train_bn)
+
+@patch
+def unfreeze(self:Learner):
+    "Train every parameter."
+    self.freeze_to(0)

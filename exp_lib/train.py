@@ -6,7 +6,7 @@
 __all__ = ['make_model', 'build_parser', 'train_once', 'write_table', 'run_compare', 'main']
 
 # %% ../nbs/20_train.ipynb #5ad6f865
-import argparse, csv, sys, time
+import argparse, csv, math, sys, time
 from functools import partial
 from pathlib import Path
 import torch
@@ -16,15 +16,18 @@ import matplotlib.pyplot as plt
 from .data import get_mnist
 from .minibatch import Dataset, accuracy, get_dls
 from .callbacks import DataBunch, Learner
-from .accel_sgd import optimizer_choices, compare_optimizers, plot_comparison
+from .accel_sgd import optimizer_choices, compare_optimizers, plot_comparison, TerminateOnNaNCallback
 
 # %% ../nbs/20_train.ipynb #b89bdfed
+def _conv(ni, nf, ks=3):
+    "A stride-2 convolution, batch norm and ReLU: halves the image, changes the channels from `ni` to `nf`."
+    return nn.Sequential(nn.Conv2d(ni, nf, ks, stride=2, padding=ks // 2, bias=False), nn.BatchNorm2d(nf), nn.ReLU())
+
 def make_model(arch='mlp', nh=50, c=10):
-    "The MNIST model for `arch`: 'mlp' (784-nh-c) or 'cnn' (two strided convolutions, pooling, a linear head)."
+    "The MNIST model for `arch`: 'mlp' (784-nh-c) or 'cnn' (four conv-BN-ReLU blocks, pooling, a linear head)."
     if arch == 'mlp': return nn.Sequential(nn.Linear(784, nh), nn.ReLU(), nn.Linear(nh, c))
-    if arch == 'cnn': return nn.Sequential(nn.Unflatten(1, (1, 28, 28)), nn.Conv2d(1, 8, 5, stride=2, padding=2), nn.ReLU(),
-                                           nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                           nn.Flatten(), nn.Linear(16, c))
+    if arch == 'cnn': return nn.Sequential(nn.Unflatten(1, (1, 28, 28)), _conv(1, 8, 5), _conv(8, 16), _conv(16, 32), _conv(32, 64),
+                                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, c))
     raise ValueError(f"Unknown arch {arch!r}; choose 'mlp' or 'cnn'.")
 
 # %% ../nbs/20_train.ipynb #45af980f
@@ -32,16 +35,21 @@ class _Parser(argparse.ArgumentParser):
     "An ArgumentParser whose errors are one line and exit code 2."
     def error(self, message): self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
-def _positive(kind):
+def _number(kind, ok, want):
+    "An argparse type: `s` read as `kind`, finite and passing `ok`, else a one-line error saying it must be `want`."
     def _parse(s):
         try: v = kind(s)
-        except ValueError: raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
-        if v <= 0: raise argparse.ArgumentTypeError(f"must be positive, got {s}")
+        except ValueError: raise argparse.ArgumentTypeError(f"{s!r} is not {'a whole number' if kind is int else 'a number'}") from None
+        if not (math.isfinite(v) and ok(v)): raise argparse.ArgumentTypeError(f"must be {want}, got {s}")
         return v
     _parse.__name__ = kind.__name__
     return _parse
 
-def _lr(s): return 'auto' if s == 'auto' else _positive(float)(s)
+_positive_int = _number(int, lambda v: v > 0, 'a whole number > 0')
+_positive = _number(float, lambda v: v > 0, 'a finite number > 0')
+_non_negative = _number(float, lambda v: v >= 0, 'a finite number >= 0')
+
+def _lr(s): return 'auto' if s == 'auto' else _positive(s)
 
 def _opt_list(s):
     names = [o.strip() for o in s.split(',') if o.strip()]
@@ -55,29 +63,39 @@ def build_parser():
     p.add_argument('--data', metavar='PATH', help="mnist.pkl.gz, or a folder with it or the four MNIST IDX .gz files (default: $EXP_LIB_DATA, else the 5,000-image sample)")
     p.add_argument('--arch', choices=['mlp', 'cnn'], default='mlp', help="model: the lesson's 784-50-10 MLP, or a small CNN (default: mlp)")
     p.add_argument('--opt', choices=list(optimizer_choices), default='adam', help="optimizer (default: adam)")
-    p.add_argument('--lr', type=_lr, default=None, help="learning rate, or 'auto' to run lr_find first (default: the optimizer's usual lr)")
-    p.add_argument('--epochs', type=_positive(int), default=5, help="epochs (default: 5)")
-    p.add_argument('--bs', type=_positive(int), default=64, help="batch size (default: 64)")
+    p.add_argument('--lr', type=_lr, default=None, help="learning rate, or 'auto' for lr_find's suggestion (default: the optimizer's usual lr)")
+    p.add_argument('--epochs', type=_positive_int, default=5, help="epochs (default: 5)")
+    p.add_argument('--bs', type=_positive_int, default=64, help="batch size (default: 64)")
     p.add_argument('--sched', choices=['one_cycle', 'const'], default='one_cycle', help="lr schedule (default: one_cycle)")
-    p.add_argument('--wd', type=float, default=None, help="weight decay (default: the optimizer's)")
+    p.add_argument('--wd', type=_non_negative, default=None, help="weight decay (default: the optimizer's)")
     p.add_argument('--seed', type=int, default=42, help="random seed (default: 42)")
     p.add_argument('--out', metavar='DIR', default='exp_lib_out', help="folder for plots and tables (default: exp_lib_out)")
     p.add_argument('--no-progress', action='store_true', help="no progress bars, even on a terminal (the epoch table is still printed)")
     p.add_argument('--save', metavar='PATH', help="write a checkpoint (model, optimizer, RNG) that Learner.load reads back")
-    p.add_argument('--compare', type=_opt_list, metavar='OPTS', help="compare optimizers, e.g. sgd,momentum,rmsprop,adam: one table and one plot")
+    p.add_argument('--compare', type=_opt_list, metavar='OPTS', help="compare optimizers, e.g. sgd,momentum,rmsprop,adam: one table and one plot (--lr and --wd apply to each)")
     return p
 
 # %% ../nbs/20_train.ipynb #ca6f654a
 class _UsageError(Exception): pass
 
+def _probe(folder, what, option):
+    "Make `folder` and check that a file can be written in it; a `_UsageError` naming `option` otherwise."
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder/'.exp_lib_write_test'
+        probe.write_text(''); probe.unlink()
+    except OSError as e: raise _UsageError(f"cannot write {what} in {folder} ({e.strerror or e}); pass {option} with a writable path") from None
+
 def _out_dir(path):
     out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out/'.exp_lib_write_test'
-        probe.write_text(''); probe.unlink()
-    except OSError as e: raise _UsageError(f"cannot write to the output folder {out} ({e.strerror or e}); pass --out with a writable folder") from None
+    _probe(out, 'the plots and tables', '--out')
     return out
+
+def _ckpt_path(path, option):
+    p = Path(path)
+    if p.is_dir(): raise _UsageError(f"{option} {p} is a folder; give the checkpoint's file name, e.g. {p/'model.pt'}")
+    _probe(p.parent, f'the checkpoint {p.name}', option)
+    return p
 
 def _load_data(path, bs):
     try: x_train, y_train, x_valid, y_valid = get_mnist(path)
@@ -90,21 +108,30 @@ def _savefig(fig, path):
     return path
 
 # %% ../nbs/20_train.ipynb #08eb9f2b
+class _Diverged(Exception): pass
+
+def _check_finite(learn, what=''):
+    if getattr(learn, 'nan_at', None) is not None:
+        epoch, batch = learn.nan_at
+        raise _Diverged(f"the training loss{what} became NaN or infinite at epoch {epoch}, batch {batch}; "
+                        f"training stopped there. Try a lower --lr (it was {learn.lr:g}).")
+
 def train_once(args, data, out):
     "Train one model as `args` say; returns the learner and the paths written."
     opt_func, usual_lr = optimizer_choices[args.opt]
     torch.manual_seed(args.seed)
-    learn = Learner(make_model(args.arch), data, opt_func=opt_func, lr=usual_lr, metrics=[accuracy], progress=not args.no_progress)
+    learn = Learner(make_model(args.arch), data, opt_func=opt_func, lr=usual_lr, metrics=[accuracy], progress=not args.no_progress,
+                    cbs=[TerminateOnNaNCallback()])
     written = []
-    lr = usual_lr if args.lr is None else args.lr
-    if lr == 'auto':
+    if args.lr == 'auto':
         fig, ax = plt.subplots(figsize=(6, 4))
-        lr = learn.lr_find(ax=ax).minimum
+        learn.lr = learn.lr_find(ax=ax).valley
         written.append(_savefig(fig, out/'lr_find.png'))
-        print(f"lr_find suggests lr={lr:.3g}")
+        print(f"lr_find suggests lr={learn.lr:.3g}")
+    elif args.lr is not None: learn.lr = args.lr
     if args.wd is not None: learn.set_hyper('wd', args.wd)
-    if args.sched == 'one_cycle': learn.fit_one_cycle(args.epochs, lr)
-    else: learn.fit(args.epochs, lr)
+    learn.fit_one_cycle(args.epochs) if args.sched == 'one_cycle' else learn.fit(args.epochs)
+    _check_finite(learn)
     written.append(_savefig(learn.recorder.plot_loss().figure, out/'loss.png'))
     written.append(_savefig(learn.recorder.plot_sched(), out/'schedule.png'))
     if args.save: written.append(learn.save(args.save))
@@ -128,8 +155,9 @@ def run_compare(args, data, out):
     "The chapter's optimizer comparison; returns the rows and the paths written."
     def make_learner(opt_func, lr):
         return Learner(make_model(args.arch), data, opt_func=opt_func, lr=lr, metrics=[accuracy], progress=not args.no_progress,
-                       logger=lambda row: None)
-    rows, recs = compare_optimizers(make_learner, args.compare, args.epochs, sched=args.sched, seed=args.seed)
+                       logger=lambda row: None, cbs=[TerminateOnNaNCallback()])
+    rows, recs = compare_optimizers(make_learner, args.compare, args.epochs, sched=args.sched, seed=args.seed, lr=args.lr, wd=args.wd)
+    for name, rec in recs.items(): _check_finite(rec.learn, f" of {name}")
     print(write_table(rows, out), end='')
     fig, ax = plt.subplots(figsize=(7, 4))
     plot_comparison(recs, ax=ax)
@@ -141,7 +169,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     matplotlib.use('Agg')
     try:
+        if args.compare and args.save: raise _UsageError("--save keeps one model's checkpoint; --compare trains several: drop one of them")
         out = _out_dir(args.out)
+        if args.save: args.save = _ckpt_path(args.save, '--save')
         data = _load_data(args.data, args.bs)
         if args.compare: _, written = run_compare(args, data, out)
         else:
@@ -150,6 +180,9 @@ def main(argv=None):
     except _UsageError as e:
         print(f"exp_lib_train: error: {e}", file=sys.stderr)
         return 2
+    except _Diverged as e:
+        print(f"exp_lib_train: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("exp_lib_train: interrupted", file=sys.stderr)
         return 130

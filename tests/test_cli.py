@@ -43,22 +43,42 @@ def test_save_writes_a_checkpoint_the_package_loads(cli, tmp_path):
     epochs, acc = p.stdout.split()
     assert int(epochs) == 1 and abs(float(acc) - final_accuracy(r.stdout)) < 1e-6
 
-def test_lr_auto_runs_lr_find_first(cli, tmp_path):
-    r = cli('--lr', 'auto', '--epochs', '1', '--out', tmp_path, '--no-progress')
+def test_lr_auto_runs_lr_find_first_and_the_cnn_learns_at_its_suggestion(cli, tmp_path):
+    r = cli('--arch', 'cnn', '--lr', 'auto', '--epochs', '1', '--out', tmp_path, '--no-progress')
     assert r.returncode == 0, r.stderr
-    assert re.search(r'lr_find suggests lr=[0-9.e-]+', r.stdout)
+    lr = float(re.search(r'lr_find suggests lr=([0-9.e-]+)', r.stdout).group(1))
+    assert 1e-4 < lr < 1, lr
+    assert final_accuracy(r.stdout) > 0.8
     assert (tmp_path/'lr_find.png').exists()
+
+def test_compare_honours_lr_and_wd(cli, tmp_path):
+    r = cli('--compare', 'sgd,adam', '--lr', '0.02', '--wd', '0.1', '--epochs', '1', '--out', tmp_path, '--no-progress')
+    assert r.returncode == 0, r.stderr
+    assert [o['lr'] for o in csv.DictReader(open(tmp_path/'compare.csv'))] == ['0.02', '0.02']
+
+def test_a_diverging_run_exits_1_naming_epoch_and_batch(cli, tmp_path):
+    r = cli('--lr', '1e6', '--epochs', '2', '--out', tmp_path, '--no-progress')
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert re.search(r'became NaN or infinite at epoch 0, batch \d+', r.stderr), r.stderr
+    assert 'final validation accuracy' not in r.stdout
 
 @pytest.mark.parametrize('args, message', [
     (['--opt', 'adamax'], "invalid choice: 'adamax' (choose from 'sgd', 'momentum'"),
     (['--compare', 'sgd,nadam'], "unknown optimizer(s) ['nadam']"),
-    (['--lr', '-0.1'], 'must be positive, got -0.1'),
-    (['--lr', '0'], 'must be positive, got 0'),
-    (['--epochs', '0'], 'must be positive, got 0'),
-    (['--bs', '-3'], 'must be positive, got -3'),
+    (['--lr', '-0.1'], 'must be a finite number > 0, got -0.1'),
+    (['--lr', '0'], 'must be a finite number > 0, got 0'),
+    (['--lr', 'nan'], 'must be a finite number > 0, got nan'),
+    (['--lr', 'inf'], 'must be a finite number > 0, got inf'),
+    (['--wd', 'nan'], 'must be a finite number >= 0, got nan'),
+    (['--wd', '-5'], 'must be a finite number >= 0, got -5'),
+    (['--epochs', '0'], 'must be a whole number > 0, got 0'),
+    (['--bs', '-3'], 'must be a whole number > 0, got -3'),
+    (['--save', '{tmp}'], 'is a folder; give the checkpoint'),
+    (['--save', '{tmp}/notes.pkl.gz/m.pt'], 'cannot write the checkpoint m.pt in'),
+    (['--compare', 'sgd,adam', '--save', '{tmp}/m.pt'], '--save keeps one model'),
     (['--data', '{tmp}/nowhere'], 'nowhere does not exist'),
     (['--data', '{tmp}/notes.pkl.gz'], 'notes.pkl.gz is not a complete gzip file'),
-    (['--out', '{tmp}/notes.pkl.gz/sub'], 'cannot write to the output folder'),
+    (['--out', '{tmp}/notes.pkl.gz/sub'], 'cannot write the plots and tables in'),
 ])
 def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, args, message):
     (tmp_path/'notes.pkl.gz').write_text('not MNIST')
@@ -67,3 +87,5 @@ def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, args, message):
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     assert message in r.stderr, r.stderr
     assert 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert 'epoch' not in r.stdout, 'the error must come before any training'
+

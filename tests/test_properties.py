@@ -5,6 +5,10 @@ from hypothesis import given, settings, strategies as st
 from exp_lib.all import (Dataset, DataLoader, Sampler, sched_lin, sched_cos, sched_no, sched_exp, combine_scheds,
                          SGD, Adam, RMSProp, Optimizer)
 
+# These machines are shared and noisy: one slow case is load, not a bug, so no per-case deadline.
+settings.register_profile('exp_lib', deadline=None)
+settings.load_profile('exp_lib')
+
 def ds(n): return Dataset(torch.arange(n).float().unsqueeze(1), torch.arange(n))
 
 @given(n=st.integers(1, 500), bs=st.integers(1, 600), shuffle=st.booleans())
