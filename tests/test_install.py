@@ -36,3 +36,18 @@ def exp_lib_version():
     import configparser
     cfg = configparser.ConfigParser(); cfg.read(ROOT/'settings.ini')
     return cfg['DEFAULT']['version']
+
+def old_python():
+    "A Python older than 3.10 on this machine, if there is one."
+    import glob, shutil
+    for exe in [shutil.which('python3.9')] + sorted(glob.glob('/root/.pyenv/versions/3.[6-9].*/bin/python')):
+        if exe and subprocess.run([exe, '-c', 'import sys; sys.exit(sys.version_info >= (3, 10))']).returncode == 0: return exe
+
+def test_make_refuses_an_old_python_before_creating_anything(tmp_path):
+    exe = old_python()
+    if exe is None: pytest.skip('no Python older than 3.10 on this machine')
+    (tmp_path/'Makefile').write_text((ROOT/'Makefile').read_text())
+    r = subprocess.run(['make', 'install', f'PYTHON={exe}'], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert 'exp_lib needs Python 3.10 to 3.13' in r.stderr and 'run make PYTHON=python3.11' in r.stderr, r.stderr
+    assert not (tmp_path/'.venv').exists()
