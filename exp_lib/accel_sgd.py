@@ -180,17 +180,17 @@ def adam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     p.addcdiv_(grad_avg, (sqr_avg / debias2).sqrt() + eps, value=-lr / debias1)
 adam_step.defaults = dict(eps=1e-5)
 
-def adam_family(params, step_cb, lr, mom, sqr_mom, eps, wd, decouple_wd):
+def adam_family(params, step_cb, lr, mom, sqr_mom, eps, wd, decouple_wd, **hypers):
     "An optimizer of Adam's shape: weight decay, damped gradient average, squared average, step count, then `step_cb`."
     cbs = _decay(decouple_wd) + [partial(average_grad, dampening=True), average_sqr_grad, step_stat, step_cb]
-    return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
+    return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, **hypers)
 
 def Adam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01, decouple_wd=True):
     "Adam (AdamW when `decouple_wd`), with fastai's defaults."
     return adam_family(params, adam_step, lr, mom, sqr_mom, eps, wd, decouple_wd)
 
 # %% ../nbs/16_accel_sgd.ipynb #e8ecbd19
-def radam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
+def radam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, beta=0., **kwargs):
     "RAdam: momentum steps while the variance of the adaptive term is untrustworthy, then rectified Adam steps."
     debias1, debias2 = debias(mom, 1 - mom, step), debias(sqr_mom, 1 - sqr_mom, step)
     r_inf = 2 / (1 - sqr_mom) - 1
@@ -198,12 +198,14 @@ def radam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     if r <= 5: p.add_(grad_avg, alpha=-lr / debias1)
     else:
         rect = math.sqrt((r - 4) * (r - 2) * r_inf / ((r_inf - 4) * (r_inf - 2) * r))
-        p.addcdiv_(grad_avg, (sqr_avg / debias2).sqrt() + eps, value=-lr * rect / debias1)
-radam_step.defaults = dict(eps=1e-5)
+        denom = (sqr_avg / debias2).sqrt() + eps
+        if beta: denom = F.softplus(denom, beta)
+        p.addcdiv_(grad_avg, denom, value=-lr * rect / debias1)
+radam_step.defaults = dict(eps=1e-5, beta=0.)
 
-def RAdam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., decouple_wd=True):
-    "Rectified Adam."
-    return adam_family(params, radam_step, lr, mom, sqr_mom, eps, wd, decouple_wd)
+def RAdam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., beta=0., decouple_wd=True):
+    "Rectified Adam (with `beta`, the denominator goes through a softplus of that sharpness, as in fastai)."
+    return adam_family(params, radam_step, lr, mom, sqr_mom, eps, wd, decouple_wd, beta=beta)
 
 # %% ../nbs/16_accel_sgd.ipynb #b11135ae
 def lamb_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
@@ -213,9 +215,9 @@ def lamb_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     r1, r2 = p.norm(), upd.norm()
     q = torch.where((r1 > 0) & (r2 > 0), (r1 / r2).clamp(max=10.), torch.ones_like(r1))
     p.sub_(upd * (lr * q))
-lamb_step.defaults = dict(eps=1e-6)
+lamb_step.defaults = dict(eps=1e-5)
 
-def Lamb(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-6, wd=0., decouple_wd=True):
+def Lamb(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., decouple_wd=True):
     "LAMB."
     return adam_family(params, lamb_step, lr, mom, sqr_mom, eps, wd, decouple_wd)
 
@@ -508,8 +510,7 @@ class ModelResetter(Callback):
     def after_fit(self): self.learn.model.reset()
 
 class RNNRegularizer(Callback):
-    "AR (`alpha`) and TAR (`beta`) penalties on the last layer of a model returning `(out, raw_outs, outs)`."
-    run_after = [AvgStatsCallback, Recorder]
+    "AR (`alpha`) and TAR (`beta`) penalties on the last layer of a model returning `(out, raw_outs, outs)`, added to `loss_grad`."
     def __init__(self, alpha=0., beta=0.): self.alpha, self.beta = alpha, beta
     def after_pred(self):
         out, raw_outs, outs = self.learn.pred
@@ -520,7 +521,7 @@ class RNNRegularizer(Callback):
         reg = 0.
         if self.alpha: reg = reg + self.alpha * self.out.float().pow(2).mean()
         if self.beta and self.raw_out.shape[1] > 1: reg = reg + self.beta * (self.raw_out[:, 1:] - self.raw_out[:, :-1]).float().pow(2).mean()
-        self.learn.loss = self.learn.loss + reg
+        self.learn.loss_grad = self.learn.loss_grad + reg
 
 # %% ../nbs/16_accel_sgd.ipynb #088a1282
 optimizer_choices = {

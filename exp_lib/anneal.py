@@ -34,9 +34,9 @@ class Recorder(Callback):
         self._reset()
         self.hypers = {k: [] for k in self._hyper_names()}
 
-    def after_loss(self):
+    def after_batch(self):
         learn = self.learn
-        if not learn.training: return
+        if not learn.training or learn.loss is None: return
         pgs = learn.opt.param_groups
         for k, vals in self.hypers.items(): vals.append([pg[k] for pg in pgs])
         self.losses.append(learn.loss.detach())
@@ -91,6 +91,14 @@ def plot_sched(self:Recorder, pgid=-1, figsize=None):
 
 # %% ../nbs/05_anneal.ipynb #51608dea
 defaults.callbacks = [c for c in defaults.callbacks if c.__name__ != 'Recorder'] + [Recorder]
+
+# %% ../nbs/05_anneal.ipynb #276a3222
+@patch(as_prop=True)
+def smooth_loss(self:Learner):
+    "The latest smoothed training loss, kept by the `Recorder`."
+    rec = getattr(self, 'recorder', None)
+    if rec is None: raise AttributeError("smooth_loss is kept by the Recorder, and this learner has none: add Recorder() to its callbacks.")
+    return rec.smooth_loss
 
 # %% ../nbs/05_anneal.ipynb #fa27e110
 def annealer(f):
@@ -147,7 +155,7 @@ def cos_1cycle_anneal(start, high, end):
 class ParamScheduler(Callback):
     "Sets hyper `pname` of each parameter group from `sched_funcs` (one, or one per group) at every training batch."
     order = 1
-    def __init__(self, pname, sched_funcs): self.pname, self.sched_funcs = pname, sched_funcs
+    def __init__(self, pname, sched_funcs): self.pname, self.sched_funcs, self.before = pname, sched_funcs, []
     @property
     def name(self): return f'sched_{self.pname}'
 
@@ -167,6 +175,7 @@ class ParamScheduler(Callback):
 
     def after_fit(self):
         for v, pg in zip(self.before, self.learn.opt.param_groups): pg[self.pname] = v
+        self.before = []
 
 # %% ../nbs/05_anneal.ipynb #d57ff299
 class LRFinder(Callback):

@@ -6,7 +6,7 @@
 __all__ = ['read_idx', 'read_pkl', 'split_stratified', 'get_mnist']
 
 # %% ../nbs/00_data.ipynb #1d6bf03a
-import gzip, hashlib, importlib.util, os, pickle, struct, tempfile
+import gzip, hashlib, importlib.util, os, pickle, struct, tempfile, warnings
 from pathlib import Path
 import numpy as np
 import torch
@@ -101,7 +101,7 @@ def _cached(key, load, cache_dir=None):
             np.savez(f, **dict(zip(names, arrs)))
         os.replace(f.name, fn)
     except OSError as e:
-        import warnings; warnings.warn(f"Could not cache MNIST in {fn.parent} ({e}); set EXP_LIB_CACHE to a writable folder.")
+        warnings.warn(f"Could not cache MNIST in {fn.parent} ({e}); set EXP_LIB_CACHE to a writable folder.")
     return arrs
 
 # %% ../nbs/00_data.ipynb #460fb537

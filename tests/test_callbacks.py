@@ -1,0 +1,98 @@
+"Hardening tests of the Learner (04_callbacks) that teach nothing in the notebook: fake terminals, interrupted saves, device syncs."
+import contextlib, io, re, sys
+from pathlib import Path
+import pytest, torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from exp_lib.all import *
+
+def mlp(): return nn.Sequential(nn.Linear(784, 50), nn.ReLU(), nn.Linear(50, 10))
+
+def data(n=640, bs=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n, 784, generator=g), torch.randint(0, 10, (n,), generator=g)
+    return DataBunch(DataLoader(Dataset(x, y), bs, shuffle=True), DataLoader(Dataset(x[:n // 4], y[:n // 4]), 2 * bs), c=10)
+
+class FakeTTY(io.StringIO):
+    def isatty(self): return True
+
+def on_terminal():
+    "A context manager that sends stdout to a fake terminal (inside the test body: pytest resets sys.stdout between phases)."
+    return contextlib.redirect_stdout(FakeTTY())
+
+def bar_lines(out): return out.getvalue().replace('\r', '\n').splitlines()
+
+def test_console_bars_and_table_on_a_terminal():
+    learn = Learner(mlp(), data(), metrics=[accuracy])
+    assert learn.progress.kind is None
+    with on_terminal() as terminal: learn.fit(2)
+    lines = bar_lines(terminal)
+    assert lines[[i for i, l in enumerate(lines) if 'epoch' in l][0]].split() == ['epoch', 'train_loss', 'valid_loss', 'accuracy', 'time']
+    assert any('Epoch 2/2' in l and '100.00% [10/10' in l for l in lines)
+    assert sum(1 for l in lines if re.match(r'[01]\s+\d\.\d+\s+\d\.\d+\s+\d\.\d+', l)) == 2
+    assert learn.logger is print_row
+
+def test_explicit_console_bars_without_a_terminal(capsys):
+    learn = Learner(mlp(), data(), progress=False, cbs=[ProgressCallback('console')])
+    learn.fit(1)
+    assert any('Epoch 1/1' in l for l in capsys.readouterr().out.replace('\r', '\n').splitlines())
+
+def test_no_bars_into_a_pipe(capsys):
+    learn = Learner(mlp(), data(), metrics=[accuracy])
+    learn.fit(1)
+    out = capsys.readouterr().out
+    assert '\r' not in out and 'Epoch' not in out and out.splitlines()[0].split() == ['epoch', 'train_loss', 'valid_loss', 'accuracy', 'time']
+    with pytest.raises(ValueError, match="kind must be 'html', 'console' or None"): Learner(mlp(), data(), progress=False, cbs=[ProgressCallback('tty')]).fit(1)
+
+def test_ctrl_c_mid_batch_closes_the_bars_and_hands_back_the_logger():
+    class CtrlC(Callback):
+        def after_backward(self):
+            if self.learn.iter == 3: raise KeyboardInterrupt()
+    learn = Learner(mlp(), data(), metrics=[accuracy])
+    with on_terminal(), pytest.raises(KeyboardInterrupt): learn.fit(1, cbs=[CtrlC()])
+    assert learn.logger is print_row and learn.progress.mbar is None, 'the bars were left open'
+    assert not hasattr(learn, 'ctrl_c')
+    learn.fit(1)
+
+def test_an_interrupted_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    learn = Learner(mlp(), data(), progress=False, logger=lambda r: None).fit(1)
+    learn.save(tmp_path/'a.pt')
+    good = (tmp_path/'a.pt').read_bytes()
+    def dying_save(obj, f):
+        Path(f).write_bytes(b'half a checkpoint')
+        raise KeyboardInterrupt()
+    monkeypatch.setattr(torch, 'save', dying_save)
+    with pytest.raises(KeyboardInterrupt): learn.save(tmp_path/'a.pt')
+    monkeypatch.undo()
+    assert (tmp_path/'a.pt').read_bytes() == good and sorted(o.name for o in tmp_path.iterdir()) == ['a.pt']
+
+def test_loading_the_wrong_file_says_what_is_wrong(tmp_path):
+    learn = Learner(mlp(), data(), progress=False, logger=lambda r: None)
+    learn.save(tmp_path/'a.pt')
+    wide = Learner(nn.Sequential(nn.Linear(784, 60), nn.ReLU(), nn.Linear(60, 10)), data(), progress=False)
+    with pytest.raises(ValueError, match=re.escape("shape mismatch ['0.weight: saved (50, 784), model (60, 784)'")): wide.load(tmp_path/'a.pt')
+    with pytest.raises(ValueError, match=re.escape("missing ['weight', 'bias']")): Learner(nn.Linear(784, 10), data(), progress=False).load(tmp_path/'a.pt')
+    (tmp_path/'notes.txt').write_text('not a checkpoint')
+    with pytest.raises(ValueError, match='notes.txt is not an exp_lib checkpoint'): learn.load(tmp_path/'notes.txt')
+    torch.save(learn.model.state_dict(), tmp_path/'weights.pt')
+    with pytest.raises(ValueError, match='it may hold bare weights'): learn.load(tmp_path/'weights.pt')
+    with pytest.raises(FileNotFoundError, match='No checkpoint at'): learn.load(tmp_path/'nope.pt')
+
+class SyncCounter(TorchFunctionMode):
+    "Counts the calls that turn a tensor into a Python value (each one waits for the device)."
+    names = {'item', '__float__', '__int__', '__bool__', '__index__', 'tolist', '__format__', 'numpy', '__array__'}
+    def __init__(self): super().__init__(); self.n = 0
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, '__name__', '') in self.names: self.n += 1
+        return func(*args, **(kwargs or {}))
+
+def syncs(n, **kw):
+    learn = Learner(mlp(), data(n), metrics=[accuracy], logger=lambda r: None, **kw)
+    with SyncCounter() as c: learn.fit_one_cycle(2)
+    return c.n
+
+@pytest.mark.parametrize('kw', [{}, {'opt_func': torch.optim.SGD}])
+def test_syncs_do_not_grow_with_the_number_of_batches(kw):
+    "The default learner (Recorder, schedules, metrics) converts tensors to Python numbers per epoch, never per batch."
+    assert syncs(640, **kw) == syncs(6400, **kw)

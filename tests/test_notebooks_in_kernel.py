@@ -1,0 +1,38 @@
+"""Every numbered notebook runs top to bottom in a real Jupyter kernel (what "Run All" does), not only under nbdev_test:
+in a kernel fastprogress draws HTML bars and matplotlib draws inline, so code that assumes a terminal breaks there."""
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+import nbformat, pytest
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+NBS = Path(__file__).resolve().parents[1]/'nbs'
+NOTEBOOKS = sorted(NBS.glob('[0-9]*.ipynb'))
+
+def kernel_env():
+    "The environment of a notebook server: no forced matplotlib backend (the kernel draws inline), one thread per kernel."
+    env = {k: v for k, v in os.environ.items() if k != 'MPLBACKEND'}
+    return {**env, 'OMP_NUM_THREADS': '1'}
+
+def run(fn):
+    "Execute notebook `fn` in a fresh kernel; returns the executed notebook and the error, if any."
+    nb = nbformat.read(fn, as_version=4)
+    try: NotebookClient(nb, timeout=900, kernel_name='python3', resources={'metadata': {'path': str(NBS)}}).execute(env=kernel_env())
+    except CellExecutionError as e: return nb, e
+    return nb, None
+
+@pytest.fixture(scope='module')
+def executed():
+    "Every notebook executed, two kernels at a time (one per core)."
+    with ThreadPoolExecutor(2) as ex: return dict(zip(NOTEBOOKS, ex.map(run, NOTEBOOKS)))
+
+@pytest.mark.parametrize('fn', NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_in_a_kernel(fn, executed):
+    nb, err = executed[fn]
+    if err is not None:
+        cell = next((i for i, c in enumerate(nb.cells) if any(o.get('output_type') == 'error' for o in c.get('outputs', []))), '?')
+        pytest.fail(f"{fn.name}, cell {cell} failed in a Jupyter kernel:\n{str(err)[-3000:]}", pytrace=False)
+    warned = [(i, o['text'][:300]) for i, c in enumerate(nb.cells) for o in c.get('outputs', [])
+              if o.get('name') == 'stderr' and 'Warning' in o.get('text', '')]
+    assert not warned, f"{fn.name}: cells print warnings: {warned}"
