@@ -5,9 +5,8 @@ import argparse, statistics, sys, time
 import torch
 import torch.nn.functional as F
 from torch import nn, optim
-from torch.overrides import TorchFunctionMode
 import torch.utils.data as tud
-from exp_lib.all import (Learner, DataBunch, DataLoader, Dataset, accuracy, Adam, SGD, RMSProp)
+from exp_lib.all import (Learner, DataBunch, DataLoader, Dataset, accuracy, Adam, SGD, RMSProp, SyncCounter)
 
 def interleaved(fns, reps, warmup=2):
     "Median seconds of each function in `fns`, run alternately so that machine noise hits them alike."
@@ -53,7 +52,7 @@ def bench_fit(reps):
         data = DataBunch(DataLoader(Dataset(x, y), bs, shuffle=True), DataLoader(Dataset(xv, yv), 2 * bs))
         learn = Learner(mlp(), data, opt_func=optim.SGD, lr=0.1, metrics=[accuracy], progress=False, logger=lambda row: None)
         learn.fit(1)
-        assert [type(cb).__name__ for cb in learn.cbs] == ['TrainEvalCallback', 'AvgStatsCallback', 'Recorder']
+        assert [type(cb).__name__ for cb in learn.cbs] == ['MoveToDevice', 'TrainEvalCallback', 'AvgStatsCallback', 'Recorder']
         return learn.avg_stats.history[-1]
     row, (vloss, vacc) = learner(), handwritten()
     assert abs(row['valid_loss'] - vloss) < 1e-5 and abs(row['accuracy'] - vacc) < 1e-6, (row, vloss, vacc)
@@ -111,14 +110,6 @@ def bench_loader(reps):
         return run
     ours, base = interleaved([drain(ours_dl), drain(torch_dl)], reps)
     return [('DataLoader epoch, shuffled (20k, bs 64)', ours, 'torch DataLoader(TensorDataset)', base, 1 / 5, 'max')]
-
-class SyncCounter(TorchFunctionMode):
-    "Counts the calls that turn a tensor into a Python value (each one waits for the device)."
-    names = {'item', '__float__', '__int__', '__bool__', '__index__', 'tolist', '__format__', 'numpy', '__array__'}
-    def __init__(self): super().__init__(); self.n = 0
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, '__name__', '') in self.names: self.n += 1
-        return func(*args, **(kwargs or {}))
 
 def bench_syncs(_reps):
     "4. Tensor->Python conversions during a fit: they must not grow with the number of batches."

@@ -496,7 +496,8 @@ def fine_tune(self:Learner, epochs, base_lr=2e-3, freeze_epochs=1, lr_mult=100, 
 # %% ../nbs/16_accel_sgd.ipynb #c827dbb3
 class TerminateOnNaNCallback(Callback):
     "Ends the fit when the loss is NaN or infinite, before it is recorded or stepped on."
-    order, run_before = -9, [AvgStatsCallback, Recorder]
+    order, run_before, run_probe = -9, [AvgStatsCallback, Recorder], False
+    def before_fit(self): self.learn.nan_at = None
     def after_loss(self):
         if not torch.isfinite(self.learn.loss).all():
             self.learn.nan_at = (self.learn.epoch, self.learn.iter)

@@ -6,11 +6,12 @@
 __all__ = []
 
 # %% ../nbs/99_all.ipynb #06f9b838
-from . import data, minibatch, callbacks, anneal, accel_sgd
+from . import data, minibatch, callbacks, anneal, accel_sgd, hardware
 from .data import *
 from .minibatch import *
 from .callbacks import *
 from .anneal import *
 from .accel_sgd import *
+from .hardware import *
 from .train import make_model
-__all__ = [n for m in (data, minibatch, callbacks, anneal, accel_sgd) for n in m.__all__ if n != 'fit'] + ['make_model']
+__all__ = [n for m in (data, minibatch, callbacks, anneal, accel_sgd, hardware) for n in m.__all__ if n != 'fit'] + ['make_model']

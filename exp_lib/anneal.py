@@ -22,7 +22,7 @@ from .callbacks import (Callback, Learner, TrainEvalCallback, ProgressCallback, 
 # %% ../nbs/05_anneal.ipynb #461b27dd
 class Recorder(Callback):
     "Per-batch losses, smoothed loss and hypers (per parameter group) of the training batches, with plots."
-    order = 60
+    order, run_probe = 60, False
     def __init__(self, beta=0.98): self.beta = beta; self._reset()
     def _reset(self): self.hypers, self.losses, self.epoch_ends, self._smooth, self._avg = {}, [], [], [], 0.
 
@@ -154,7 +154,7 @@ def cos_1cycle_anneal(start, high, end):
 # %% ../nbs/05_anneal.ipynb #0f148a7d
 class ParamScheduler(Callback):
     "Sets hyper `pname` of each parameter group from `sched_funcs` (one, or one per group) at every training batch."
-    order = 1
+    order, run_probe = 1, False
     def __init__(self, pname, sched_funcs): self.pname, self.sched_funcs, self.before = pname, sched_funcs, []
     @property
     def name(self): return f'sched_{self.pname}'
@@ -275,7 +275,7 @@ def lr_find(self:Learner, start_lr=1e-7, end_lr=10, num_it=100, stop_div=True, s
     finder = LRFinder(start_lr, end_lr, num_it, stop_div)
     n_epoch = math.ceil(num_it / max(len(self.data.train_dl), 1))
     snap = _snapshot(self)
-    aside = [cb for cb in self.cbs if not isinstance(cb, (TrainEvalCallback, ProgressCallback))]
+    aside = [cb for cb in self.cbs if not cb.run_probe]
     try:
         with self.removed_cbs(aside): self.fit(n_epoch, cbs=[finder])
     finally: _restore(self, snap)

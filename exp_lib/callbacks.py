@@ -81,7 +81,7 @@ def _nearest_event(name):
 
 class Callback:
     "Base of all callbacks: methods named after events run at those events; unknown attributes are read from `learn`."
-    order, run_before, run_after, learn = 0, None, None, None
+    order, run_before, run_after, run_probe, learn = 0, None, None, True, None
 
     def __getattr__(self, k):
         if k.startswith('__'): raise AttributeError(k)
@@ -214,8 +214,10 @@ class Learner:
                  metrics=None,              # functions `metric(pred, *yb)` averaged per epoch by `AvgStatsCallback`
                  splitter=params,           # model -> parameters, or a list of parameter groups
                  progress=True,             # show progress bars (`ProgressCallback`)
-                 logger=print_row):         # receives the epoch table, one row (a list of strings) at a time
+                 logger=print_row,          # receives the epoch table, one row (a list of strings) at a time
+                 device=None):              # where to train; `exp_lib.hardware` moves model and batches there (None: the best one)
         self.model, self.data, self.loss_func, self.splitter, self.logger = model, data, loss_func, splitter, logger
+        self.device = device
         self.opt_func, self.lr = opt_func or defaults.opt_func, defaults.lr if lr is None else lr
         self._set_cbs([])
         self.n_epoch, self.epoch, self.iter, self.n_iter, self.training = 1, 0, 0, 0, False
@@ -455,10 +457,10 @@ class AvgStats:
 
 class AvgStatsCallback(Callback):
     "Per-epoch averages of loss and `metrics`, for training and validation: in `history` and sent to `learn.logger`."
-    order = 50
+    order, run_probe = 50, False
     def __init__(self, metrics=None):
         self.metrics = list(metrics or [])
-        self.train_stats, self.valid_stats, self.history = AvgStats(self.metrics, True), AvgStats(self.metrics, False), []
+        self.train_stats, self.valid_stats, self.history = AvgStats([], True), AvgStats(self.metrics, False), []
     @property
     def names(self): return ['epoch', 'train_loss', 'valid_loss'] + [_metric_name(m) for m in self.metrics] + ['time']
     def before_fit(self):
@@ -536,12 +538,14 @@ def _check_fits(model, sd, path):
                  f"shape mismatch {reshaped[:5]}" if reshaped else '']
         raise ValueError(f"The weights in {path} do not fit this model: " + '; '.join(o for o in parts if o) + '.')
 
+def _cb_states(learn): return {cb.name: cb.state_dict() for cb in learn.cbs if hasattr(type(cb), 'state_dict')}
+
 @patch
 def save(self:Learner, path, with_opt=True):
     "Save model, optimizer (if `with_opt`), epochs done and RNG states to `path`, atomically."
     return atomic_save({'format': _CKPT_FORMAT, 'model': self.model.state_dict(),
                         'opt': self.opt.state_dict() if with_opt else None, 'opt_kind': _opt_kind(self.opt),
-                        'epochs_done': getattr(self, 'epochs_done', 0),
+                        'epochs_done': getattr(self, 'epochs_done', 0), 'cbs': _cb_states(self),
                         'rng': {'torch': torch.get_rng_state(), 'python': random.getstate()}}, path)
 
 @patch
@@ -561,6 +565,10 @@ def load(self:Learner, path, with_opt=True):
                              f"Make the Learner with the opt_func that saved it, or load with with_opt=False.")
         self.opt.load_state_dict(ckpt['opt'])
     self.model.load_state_dict(ckpt['model'])
+    for name, sd in ckpt.get('cbs', {}).items():
+        cb = getattr(self, name, None)
+        if isinstance(cb, Callback) and hasattr(type(cb), 'load_state_dict'): cb.load_state_dict(sd)
+        else: warnings.warn(f"{path} holds the state of a callback {name!r} that this learner does not have; it was not loaded.")
     torch.set_rng_state(ckpt['rng']['torch'])
     random.setstate(ckpt['rng']['python'])
     self.epochs_done = ckpt['epochs_done']
@@ -569,7 +577,7 @@ def load(self:Learner, path, with_opt=True):
 # %% ../nbs/04_callbacks.ipynb #0b83018c
 class TrackerCallback(Callback):
     "Base of callbacks that follow `monitor`, a per-epoch value of `AvgStatsCallback`, and note when it improves."
-    run_after = AvgStatsCallback
+    run_after, run_probe = AvgStatsCallback, False
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0.):
         self.monitor, self.min_delta = monitor, min_delta
         self.comp = comp or ((lambda a, b: a < b) if 'loss' in monitor else (lambda a, b: a > b))

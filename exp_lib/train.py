@@ -17,6 +17,7 @@ from .data import get_mnist
 from .minibatch import Dataset, accuracy, get_dls
 from .callbacks import DataBunch, Learner
 from .accel_sgd import optimizer_choices, compare_optimizers, plot_comparison, TerminateOnNaNCallback
+from .hardware import resolve_device, GradientAccumulation, GradientClip
 
 # %% ../nbs/20_train.ipynb #b89bdfed
 def _conv(ni, nf, ks=3):
@@ -68,6 +69,10 @@ def build_parser():
     p.add_argument('--bs', type=_positive_int, default=64, help="batch size (default: 64)")
     p.add_argument('--sched', choices=['one_cycle', 'const'], default='one_cycle', help="lr schedule (default: one_cycle)")
     p.add_argument('--wd', type=_non_negative, default=None, help="weight decay (default: the optimizer's)")
+    p.add_argument('--device', choices=['auto', 'cpu', 'cuda', 'mps'], default='auto', help="where to train (default: auto, i.e. $EXP_LIB_DEVICE if set, else cuda, else mps, else cpu)")
+    p.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default='fp32', help="fp32, or mixed precision in bfloat16 or float16 with loss scaling (default: fp32)")
+    p.add_argument('--accum', type=_positive_int, default=1, metavar='N', help="accumulate the gradients of N batches per step: an effective batch of N*bs (default: 1)")
+    p.add_argument('--clip', type=_positive, default=None, metavar='X', help="clip the norm of the gradients to X before each step (default: no clipping)")
     p.add_argument('--seed', type=int, default=42, help="random seed (default: 42)")
     p.add_argument('--out', metavar='DIR', default='exp_lib_out', help="folder for plots and tables (default: exp_lib_out)")
     p.add_argument('--no-progress', action='store_true', help="no progress bars, even on a terminal (the epoch table is still printed)")
@@ -97,6 +102,10 @@ def _ckpt_path(path, option):
     _probe(p.parent, f'the checkpoint {p.name}', option)
     return p
 
+def _device(choice):
+    try: return resolve_device(None if choice == 'auto' else choice)
+    except ValueError as e: raise _UsageError(str(e)) from None
+
 def _load_data(path, bs):
     try: x_train, y_train, x_valid, y_valid = get_mnist(path)
     except (FileNotFoundError, ValueError) as e: raise _UsageError(str(e)) from None
@@ -116,12 +125,19 @@ def _check_finite(learn, what=''):
         raise _Diverged(f"the training loss{what} became NaN or infinite at epoch {epoch}, batch {batch}; "
                         f"training stopped there. Try a lower --lr (it was {learn.lr:g}).")
 
+def _learner_for(args, data, opt_func, lr, **kwargs):
+    "A learner for `args`: the model, device, precision, accumulation and clipping they ask for, stopping on a NaN loss."
+    cbs = [TerminateOnNaNCallback()] + ([GradientAccumulation(args.accum * args.bs)] if args.accum > 1 else [])
+    cbs += [GradientClip(args.clip)] if args.clip else []
+    learn = Learner(make_model(args.arch), data, opt_func=opt_func, lr=lr, metrics=[accuracy], progress=not args.no_progress,
+                    device=args.device, cbs=cbs, **kwargs)
+    return learn.to_bf16() if args.precision == 'bf16' else learn.to_fp16() if args.precision == 'fp16' else learn
+
 def train_once(args, data, out):
     "Train one model as `args` say; returns the learner and the paths written."
     opt_func, usual_lr = optimizer_choices[args.opt]
     torch.manual_seed(args.seed)
-    learn = Learner(make_model(args.arch), data, opt_func=opt_func, lr=usual_lr, metrics=[accuracy], progress=not args.no_progress,
-                    cbs=[TerminateOnNaNCallback()])
+    learn = _learner_for(args, data, opt_func, usual_lr)
     written = []
     if args.lr == 'auto':
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -153,10 +169,7 @@ def write_table(rows, out):
 
 def run_compare(args, data, out):
     "The chapter's optimizer comparison; returns the rows and the paths written."
-    def make_learner(opt_func, lr):
-        return Learner(make_model(args.arch), data, opt_func=opt_func, lr=lr, metrics=[accuracy], progress=not args.no_progress,
-                       logger=lambda row: None, cbs=[TerminateOnNaNCallback()])
-    rows, recs = compare_optimizers(make_learner, args.compare, args.epochs, sched=args.sched, seed=args.seed, lr=args.lr, wd=args.wd)
+    rows, recs = compare_optimizers(partial(_learner_for, args, data, logger=lambda row: None), args.compare, args.epochs, sched=args.sched, seed=args.seed, lr=args.lr, wd=args.wd)
     for name, rec in recs.items(): _check_finite(rec.learn, f" of {name}")
     print(write_table(rows, out), end='')
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -172,6 +185,7 @@ def main(argv=None):
         if args.compare and args.save: raise _UsageError("--save keeps one model's checkpoint; --compare trains several: drop one of them")
         out = _out_dir(args.out)
         if args.save: args.save = _ckpt_path(args.save, '--save')
+        args.device = _device(args.device)
         data = _load_data(args.data, args.bs)
         if args.compare: _, written = run_compare(args, data, out)
         else:

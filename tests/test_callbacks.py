@@ -4,7 +4,6 @@ from pathlib import Path
 import pytest, torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 from exp_lib.all import *
 
 def mlp(): return nn.Sequential(nn.Linear(784, 50), nn.ReLU(), nn.Linear(50, 10))
@@ -79,20 +78,13 @@ def test_loading_the_wrong_file_says_what_is_wrong(tmp_path):
     with pytest.raises(ValueError, match='it may hold bare weights'): learn.load(tmp_path/'weights.pt')
     with pytest.raises(FileNotFoundError, match='No checkpoint at'): learn.load(tmp_path/'nope.pt')
 
-class SyncCounter(TorchFunctionMode):
-    "Counts the calls that turn a tensor into a Python value (each one waits for the device)."
-    names = {'item', '__float__', '__int__', '__bool__', '__index__', 'tolist', '__format__', 'numpy', '__array__'}
-    def __init__(self): super().__init__(); self.n = 0
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, '__name__', '') in self.names: self.n += 1
-        return func(*args, **(kwargs or {}))
-
-def syncs(n, **kw):
+def syncs(n, bf16=False, **kw):
     learn = Learner(mlp(), data(n), metrics=[accuracy], logger=lambda r: None, **kw)
+    if bf16: learn.to_bf16()
     with SyncCounter() as c: learn.fit_one_cycle(2)
     return c.n
 
-@pytest.mark.parametrize('kw', [{}, {'opt_func': torch.optim.SGD}])
+@pytest.mark.parametrize('kw', [{}, {'opt_func': torch.optim.SGD}, {'bf16': True, 'cbs': [GradientAccumulation(128), GradientClip(1.)]}])
 def test_syncs_do_not_grow_with_the_number_of_batches(kw):
-    "The default learner (Recorder, schedules, metrics) converts tensors to Python numbers per epoch, never per batch."
+    "The default learner (device, Recorder, schedules, metrics), with or without bf16, accumulation and clipping, syncs per epoch, never per batch."
     assert syncs(640, **kw) == syncs(6400, **kw)

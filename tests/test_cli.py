@@ -1,6 +1,6 @@
 "The `exp_lib_train` command, run as a user runs it: a subprocess of the installed console script."
-import csv, re, subprocess, sys
-import pytest
+import csv, os, re, subprocess, sys
+import pytest, torch
 
 def final_accuracy(stdout):
     m = re.search(r'final validation accuracy: ([0-9.]+)', stdout)
@@ -76,6 +76,12 @@ def test_a_diverging_run_exits_1_naming_epoch_and_batch(cli, tmp_path):
     (['--save', '{tmp}'], 'is a folder; give the checkpoint'),
     (['--save', '{tmp}/notes.pkl.gz/m.pt'], 'cannot write the checkpoint m.pt in'),
     (['--compare', 'sgd,adam', '--save', '{tmp}/m.pt'], '--save keeps one model'),
+    (['--accum', '0'], 'must be a whole number > 0, got 0'),
+    (['--clip', '-1'], 'must be a finite number > 0, got -1'),
+    (['--clip', 'nan'], 'must be a finite number > 0, got nan'),
+    (['--precision', 'fp64'], "invalid choice: 'fp64'"),
+    pytest.param(['--device', 'cuda'], "device='cuda', but this machine has no such device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has CUDA')),
     (['--data', '{tmp}/nowhere'], 'nowhere does not exist'),
     (['--data', '{tmp}/notes.pkl.gz'], 'notes.pkl.gz is not a complete gzip file'),
     (['--out', '{tmp}/notes.pkl.gz/sub'], 'cannot write the plots and tables in'),
@@ -89,3 +95,14 @@ def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, args, message):
     assert 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert 'epoch' not in r.stdout, 'the error must come before any training'
 
+
+def test_an_unavailable_device_from_the_environment_is_a_usage_error(cli, tmp_path, monkeypatch):
+    if torch.cuda.is_available(): pytest.skip('this machine has CUDA')
+    monkeypatch.setenv('EXP_LIB_DEVICE', 'cuda')
+    r = cli('--out', tmp_path, '--no-progress')
+    assert r.returncode == 2 and "EXP_LIB_DEVICE='cuda', but this machine has no such device" in r.stderr, r.stderr
+
+def test_mixed_precision_accumulation_and_clipping_train(cli, tmp_path):
+    r = cli('--precision', 'fp16', '--accum', '2', '--clip', '1', '--device', 'cpu', '--epochs', '2', '--out', tmp_path, '--no-progress')
+    assert r.returncode == 0, r.stderr
+    assert final_accuracy(r.stdout) > 0.9
