@@ -6,12 +6,13 @@
 __all__ = []
 
 # %% ../nbs/99_all.ipynb #06f9b838
-from . import data, minibatch, callbacks, anneal, accel_sgd, hardware
+from . import data, minibatch, callbacks, anneal, accel_sgd, hardware, interpret
 from .data import *
 from .minibatch import *
 from .callbacks import *
 from .anneal import *
 from .accel_sgd import *
 from .hardware import *
+from .interpret import *
 from .train import make_model
-__all__ = [n for m in (data, minibatch, callbacks, anneal, accel_sgd, hardware) for n in m.__all__ if n != 'fit'] + ['make_model']
+__all__ = [n for m in (data, minibatch, callbacks, anneal, accel_sgd, hardware, interpret) for n in m.__all__ if n != 'fit'] + ['make_model']

@@ -4,10 +4,11 @@
 
 # %% auto #0
 __all__ = ['Recorder', 'annealer', 'sched_lin', 'sched_cos', 'sched_no', 'sched_exp', 'combine_scheds', 'cos_1cycle_anneal',
-           'ParamScheduler', 'LRFinder', 'valley', 'minimum', 'steep', 'slide']
+           'ParamScheduler', 'LRFinder', 'valley', 'minimum', 'steep', 'slide', 'CSVLogger', 'TensorBoardCallback']
 
 # %% ../nbs/05_anneal.ipynb #e165d77e
-import copy, math, statistics
+import copy, csv, math, os, statistics
+from pathlib import Path
 from bisect import bisect_right
 from collections import namedtuple
 from functools import partial
@@ -283,3 +284,67 @@ def lr_find(self:Learner, start_lr=1e-7, end_lr=10, num_it=100, stop_div=True, s
     sugg = finder.suggestions(suggest_funcs)
     if show_plot: finder.plot(sugg, ax=ax)
     return sugg
+
+# %% ../nbs/05_anneal.ipynb #2e6937b0
+class CSVLogger(Callback):
+    "The epoch table in the CSV file `fname`, a row per epoch, flushed as written; `append` continues a resumed run's file."
+    run_after, run_probe = AvgStatsCallback, False
+    def __init__(self, fname='history.csv', append=False): self.fname, self.append, self.file = Path(fname), append, None
+
+    def _kept_rows(self, names):
+        "The rows of the existing file for the epochs before this fit's first one, once its columns are checked."
+        if not (self.append and self.fname.exists()): return []
+        with open(self.fname, newline='') as f: old = list(csv.reader(f))
+        if old and old[0] != names:
+            raise ValueError(f"CSVLogger: {self.fname} has the columns {old[0]}, but this fit's table has {names}; "
+                             f"append to another file, or pass append=False to start it again.")
+        return [r for r in old[1:] if r and int(r[0]) < self.learn.start_epoch]
+
+    def before_fit(self):
+        names = self.learn.avg_stats.names
+        rows = self._kept_rows(names)
+        self.fname.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.fname.with_name(f'.{self.fname.name}.{os.getpid()}.tmp')
+        with open(tmp, 'w', newline='') as f: csv.writer(f).writerows([names] + rows)
+        os.replace(tmp, self.fname)
+        self.file = open(self.fname, 'a', newline='')
+        self.writer = csv.writer(self.file)
+
+    def after_epoch(self):
+        stats = self.learn.avg_stats
+        self.writer.writerow(stats.format(stats.history[-1]))
+        self.file.flush()
+
+    def after_fit(self):
+        if self.file is not None: self.file.close(); self.file = None
+
+# %% ../nbs/05_anneal.ipynb #ef98b8e0
+class TensorBoardCallback(Callback):
+    "The training loss and recorded hypers per batch, and each epoch's losses and metrics, as TensorBoard scalars in `log_dir`."
+    run_after, run_probe = [AvgStatsCallback, Recorder], False
+    def __init__(self, log_dir='runs'):
+        try: from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ImportError(f"TensorBoardCallback needs the tensorboard package ({e}): pip install \"exp_lib[tensorboard]\"") from None
+        self.log_dir, self.writer_cls, self.writer = Path(log_dir), SummaryWriter, None
+
+    def before_fit(self):
+        self.writer, self.done = self.writer_cls(str(self.log_dir)), 0
+        self.first_step = self.learn.start_epoch * len(self.learn.data.train_dl)
+
+    def after_epoch(self):
+        rec, w, start = self.learn.recorder, self.writer, self.done
+        steps = range(self.first_step + start, self.first_step + len(rec.losses))
+        if len(steps):
+            for step, l in zip(steps, torch.stack(rec.losses[start:]).tolist()): w.add_scalar('train_loss', l, step)
+            for k, vals in rec.hypers.items():
+                for step, per_group in zip(steps, vals[start:]):
+                    for g, v in enumerate(per_group): w.add_scalar(k if len(per_group) == 1 else f'{k}/group{g}', v, step)
+        self.done = len(rec.losses)
+        row = self.learn.avg_stats.history[-1]
+        for k, v in row.items():
+            if k not in ('epoch', 'time'): w.add_scalar(f'epoch/{k}', v, row['epoch'])
+        w.flush()
+
+    def after_fit(self):
+        if self.writer is not None: self.writer.close(); self.writer = None

@@ -7,7 +7,8 @@ __all__ = ['DataLoaders', 'event', 'defaults', 'DataBunch', 'CancelBatchExceptio
            'CancelStepException', 'CancelTrainException', 'CancelValidException', 'CancelEpochException',
            'CancelFitException', 'Callback', 'sort_by_run', 'params', 'trainable_params', 'apply', 'to_detach',
            'print_row', 'Learner', 'TrainEvalCallback', 'AvgStats', 'AvgStatsCallback', 'ProgressCallback',
-           'atomic_save', 'TrackerCallback', 'SaveModelCallback', 'EarlyStoppingCallback']
+           'GatherPreds', 'atomic_save', 'checkpoint_meta', 'TrackerCallback', 'SaveModelCallback',
+           'EarlyStoppingCallback']
 
 # %% ../nbs/04_callbacks.ipynb #6c9a4f58
 import contextlib, difflib, math, numbers, os, random, re, sys, time, warnings
@@ -20,7 +21,7 @@ from torch import nn, optim
 from fastcore.basics import patch
 from fastprogress.fastprogress import (master_bar, progress_bar, NBMasterBar, NBProgressBar, ConsoleMasterBar,
                                        ConsoleProgressBar)
-from .minibatch import DataLoader, Dataset, accuracy, get_dls
+from .minibatch import DataLoader, Dataset, accuracy, get_dls, cross_entropy
 
 # %% ../nbs/04_callbacks.ipynb #c5efbb85
 def _dataset(dl):
@@ -222,7 +223,7 @@ class Learner:
         self._set_cbs([])
         self.n_epoch, self.epoch, self.iter, self.n_iter, self.training = 1, 0, 0, 0, False
         self.xb, self.yb, self.pred, self.loss, self.loss_grad = (), (), None, None, None
-        self._n_inp, self._loss_unchecked = 1, True
+        self.dl, self._n_inp, self._loss_unchecked = None, 1, True
         self.create_opt()
         self.add_cbs([TrainEvalCallback(), AvgStatsCallback(metrics)] + ([ProgressCallback()] if progress else [])
                      + [cb() for cb in defaults.callbacks] + list(cbs or []))
@@ -395,11 +396,11 @@ def added_cbs(self:Learner, cbs):
 @contextlib.contextmanager
 def removed_cbs(self:Learner, cbs):
     "Context manager: `cbs` (instances) are detached inside the block and attached again after it."
-    cbs = list(cbs)
+    cbs, before = list(cbs), list(self.cbs)
     self.remove_cbs(cbs)
     try: yield
     finally:
-        self._set_cbs(self.cbs + cbs)
+        self._set_cbs(before + [cb for cb in self.cbs if cb not in before])
         for cb in cbs: _attach(self, cb)
 
 @patch
@@ -475,7 +476,10 @@ class AvgStatsCallback(Callback):
         (tl, *_), (vl, *mets) = self.train_stats.avg_stats, self.valid_stats.avg_stats
         row = dict(zip(self.names, [self.learn.epoch, tl, vl, *mets, time.perf_counter() - self.start]))
         self.history.append(row)
-        self.learn.logger([str(row['epoch'])] + [f'{v:.6f}' for v in [tl, vl, *mets]] + [_fmt_time(row['time'])])
+        self.learn.logger(self.format(row))
+    def format(self, row):
+        "The strings of one row of the epoch table."
+        return [str(row['epoch'])] + [f'{row[k]:.6f}' for k in self.names[1:-1]] + [_fmt_time(row['time'])]
 
 # %% ../nbs/04_callbacks.ipynb #35412262
 _bar_kinds = {'html': (NBMasterBar, NBProgressBar), 'console': (ConsoleMasterBar, ConsoleProgressBar)}
@@ -513,6 +517,111 @@ class ProgressCallback(Callback):
         self.mbar.on_iter_end()
         self.learn.logger, self.mbar, self.pbar = self.old_logger, None, None
 
+# %% ../nbs/04_callbacks.ipynb #0be101ae
+_loop_state = ('dl', 'training', 'iter', 'n_iter', 'xb', 'yb', 'pred', 'loss', 'loss_grad', '_n_inp')
+
+@patch
+def _infer(self:Learner, dl, cbs=()):
+    "Run the validation part of the loop over `dl` with the callbacks that shape the computation and `cbs`; change nothing else."
+    state, mode, rng = {k: getattr(self, k) for k in _loop_state}, self.model.training, torch.get_rng_state()
+    aside = [cb for cb in self.cbs if not cb.run_probe or isinstance(cb, ProgressCallback)]
+    try:
+        with self.removed_cbs(aside), self.added_cbs(cbs), torch.no_grad():
+            self._n_inp = getattr(self.data, 'n_inp', 1)
+            self._do_phase(dl, False, 'validate', CancelValidException)
+    finally:
+        for k, v in state.items(): setattr(self, k, v)
+        self.model.train(mode)
+        torch.set_rng_state(rng)
+
+def _cat(batches):
+    "One tensor (or tuple, list, dict of them) from per-batch ones, joined along the first dimension."
+    b = batches[0]
+    if isinstance(b, torch.Tensor): return torch.cat(batches)
+    if isinstance(b, dict): return {k: _cat([o[k] for o in batches]) for k in b}
+    return type(b)(_cat(list(o)) for o in zip(*batches))
+
+def _per_item_loss(loss_func, pred, *yb):
+    "`loss_func` per item, not averaged: through its `reduction` attribute (`nn` losses) or argument (functional ones)."
+    if isinstance(getattr(loss_func, 'reduction', None), str):
+        old, loss_func.reduction = loss_func.reduction, 'none'
+        try: return loss_func(pred, *yb)
+        finally: loss_func.reduction = old
+    try: return loss_func(pred, *yb, reduction='none')
+    except TypeError as e: raise ValueError(f"with_loss needs a loss function that takes reduction='none' (as torch.nn.functional's do); "
+                                            f"{_loss_name(loss_func)} does not ({e}).") from None
+
+class GatherPreds(Callback):
+    "Collects, on the CPU, each batch's predictions and targets (and inputs and per-item losses if asked) during an inference pass."
+    order = 100
+    def __init__(self, with_input=False, with_loss=False): self.with_input, self.with_loss, self.res = with_input, with_loss, []
+    def after_batch(self):
+        learn, res = self.learn, []
+        if self.with_input: res.append(learn.xb[0] if len(learn.xb) == 1 else learn.xb)
+        res.append(learn.pred)
+        if learn.yb: res.append(learn.yb[0] if len(learn.yb) == 1 else learn.yb)
+        if self.with_loss and learn.yb: res.append(_per_item_loss(learn.loss_func, learn.pred, *learn.yb))
+        self.res.append(apply(lambda t: t.detach().cpu(), res))
+    def result(self): return [_cat(list(o)) for o in zip(*self.res)] if self.res else []
+
+def _is_cross_entropy(loss_func):
+    f = getattr(loss_func, 'func', loss_func)
+    return f in (F.cross_entropy, cross_entropy) or isinstance(f, nn.CrossEntropyLoss)
+
+def _activation(loss_func):
+    "What turns a model's raw output into a prediction for `loss_func`: its `activation`, softmax for cross entropy, else nothing."
+    if hasattr(loss_func, 'activation'): return loss_func.activation
+    return partial(F.softmax, dim=-1) if _is_cross_entropy(loss_func) else (lambda x: x)
+
+def _decodes(loss_func):
+    "What turns a prediction into a decision (the class), if `loss_func` says: its `decodes`, argmax for cross entropy, else None."
+    if hasattr(loss_func, 'decodes'): return loss_func.decodes
+    return partial(torch.argmax, dim=-1) if _is_cross_entropy(loss_func) else None
+
+@patch
+def get_preds(self:Learner, dl=None, with_input=False, with_loss=False, act=None):
+    "`(inputs?, preds, targets, losses?)` over `dl` (default: validation), on the CPU, predictions through `act` (default: the loss's)."
+    dl = self.data.valid_dl if dl is None else dl
+    gather = GatherPreds(with_input, with_loss)
+    self._infer(dl, [gather])
+    res = gather.result()
+    if not res: raise ValueError("get_preds got no batch from the DataLoader: it is empty.")
+    i = 1 if with_input else 0
+    res[i] = apply(act or _activation(self.loss_func), res[i])
+    return tuple(res)
+
+# %% ../nbs/04_callbacks.ipynb #d6a3e2e5
+class _Stats(Callback):
+    order = 100
+    def __init__(self, stats): self.stats = stats
+    def after_batch(self):
+        if self.learn.loss is not None: self.stats.accumulate(self.learn)
+
+@patch
+def validate(self:Learner, dl=None):
+    "`[loss, *metrics]` over `dl` (default: validation), weighted by batch size as the epoch table's validation row."
+    stats = AvgStats(self.avg_stats.metrics, False)
+    self._infer(self.data.valid_dl if dl is None else dl, [_Stats(stats)])
+    return stats.avg_stats
+
+def _item_like(x, ds):
+    "True if `x` has the shape of one input of the dataset `ds` (so it needs a batch dimension)."
+    item = ds[0][0] if ds is not None and len(ds) else None
+    return item is not None and hasattr(item, 'shape') and tuple(x.shape) == tuple(item.shape)
+
+@patch
+def predict(self:Learner, x):
+    "Predict one item (or a batch of them): `(decision, prediction)`, e.g. `(class, probabilities)` for a classifier, else the prediction."
+    xb = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    one = _item_like(xb[0], _dataset(self.data.valid_dl or self.data.train_dl))
+    if one: xb = tuple(o.unsqueeze(0) for o in xb)
+    gather = GatherPreds()
+    self._infer([xb], [gather])
+    pred = apply(_activation(self.loss_func), gather.result()[0])
+    if one: pred = pred[0]
+    decodes = _decodes(self.loss_func)
+    return pred if decodes is None else (decodes(pred), pred)
+
 # %% ../nbs/04_callbacks.ipynb #a24cb042
 _CKPT_FORMAT = 'exp_lib checkpoint 1'
 
@@ -541,22 +650,32 @@ def _check_fits(model, sd, path):
 def _cb_states(learn): return {cb.name: cb.state_dict() for cb in learn.cbs if hasattr(type(cb), 'state_dict')}
 
 @patch
-def save(self:Learner, path, with_opt=True):
-    "Save model, optimizer (if `with_opt`), epochs done and RNG states to `path`, atomically."
-    return atomic_save({'format': _CKPT_FORMAT, 'model': self.model.state_dict(),
+def save(self:Learner, path, with_opt=True, meta=None):
+    "Save model, optimizer (if `with_opt`), epochs done, callback and RNG states, and `meta` (a dict of plain values) to `path`, atomically."
+    return atomic_save({'format': _CKPT_FORMAT, 'meta': dict(meta or {}), 'model': self.model.state_dict(),
                         'opt': self.opt.state_dict() if with_opt else None, 'opt_kind': _opt_kind(self.opt),
                         'epochs_done': getattr(self, 'epochs_done', 0), 'cbs': _cb_states(self),
                         'rng': {'torch': torch.get_rng_state(), 'python': random.getstate()}}, path)
 
-@patch
-def load(self:Learner, path, with_opt=True):
-    "Load a checkpoint written by `save`: weights, optimizer state (if `with_opt` and saved), epochs done, RNG states."
+def _read_checkpoint(path):
+    "The checkpoint dict in `path`, onto the CPU, after checking it is one (and without running any code it may hold)."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"No checkpoint at {path}.")
     try: ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e: raise ValueError(f"{path} is not an exp_lib checkpoint: torch.load failed ({type(e).__name__}: {str(e)[:200]}).") from e
     if not isinstance(ckpt, dict) or ckpt.get('format') != _CKPT_FORMAT:
         raise ValueError(f"{path} is not an exp_lib checkpoint (no '{_CKPT_FORMAT}' marker); it may hold bare weights: use model.load_state_dict(torch.load(path)).")
+    return ckpt
+
+def checkpoint_meta(path):
+    "The `meta` dict that `Learner.save` stored in the checkpoint `path` (empty if none), read without touching any learner."
+    return _read_checkpoint(path).get('meta', {})
+
+@patch
+def load(self:Learner, path, with_opt=True):
+    "Load a checkpoint written by `save`: weights, optimizer state (if `with_opt` and saved), epochs done, callback and RNG states."
+    path = Path(path)
+    ckpt = _read_checkpoint(path)
     _check_fits(self.model, ckpt['model'], path)
     if with_opt and ckpt['opt'] is not None:
         saved, here = ckpt.get('opt_kind'), _opt_kind(self.opt)

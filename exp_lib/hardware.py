@@ -53,6 +53,7 @@ class MoveToDevice(Callback):
     def before_fit(self):
         self.learn.device = resolve_device(self.learn.device)
         self.learn.model.to(self.learn.device)
+    def before_validate(self): self.learn.model.to(self.learn.device)
     def before_batch(self):
         learn, dev = self.learn, self.learn.device
         learn.xb, learn.yb = to_device(learn.xb, dev), to_device(learn.yb, dev)
@@ -87,10 +88,12 @@ class MixedPrecision(Callback):
             self.scaler, self._scaler_device = torch.amp.GradScaler(device_type, init_scale=self.init_scale), device_type
         if self._saved is not None: self.scaler.load_state_dict(self._saved); self._saved = None
 
+    def before_validate(self):
+        self.device_type = next(self.learn.model.parameters()).device.type
+        self.autocast = torch.autocast(device_type=self.device_type, dtype=self.dtype)
     def before_fit(self):
-        device_type = next(self.learn.model.parameters()).device.type
-        self.autocast = torch.autocast(device_type=device_type, dtype=self.dtype)
-        if self.dtype is torch.float16: self._make_scaler(device_type)
+        self.before_validate()
+        if self.dtype is torch.float16: self._make_scaler(self.device_type)
 
     def before_batch(self): self.autocast.__enter__(); self._in_autocast = True
     def after_pred(self): self.learn.pred = to_float(self.learn.pred)
@@ -153,8 +156,12 @@ class GradientAccumulation(Callback):
     def after_loss(self):
         if self.learn.training: self.learn.loss_grad = self.learn.loss_grad * (len(self.learn.yb[0]) / self.n_acc)
     def before_step(self):
-        self.count += len(self.learn.yb[0])
-        if self.count < self.n_acc: raise CancelBatchException()
+        learn = self.learn
+        self.count += len(learn.yb[0])
+        if self.count < self.n_acc:
+            if learn.iter < learn.n_iter - 1: raise CancelBatchException()
+            grads = [p.grad for p in learn.model.parameters() if p.grad is not None]
+            if grads: torch._foreach_mul_(grads, self.n_acc / self.count)
         self.count = 0
 
 # %% ../nbs/17_hardware.ipynb #6d34867d

@@ -15,7 +15,9 @@ import matplotlib
 import matplotlib.pyplot as plt
 from .data import get_mnist
 from .minibatch import Dataset, accuracy, get_dls
-from .callbacks import DataBunch, Learner
+from .callbacks import Callback, DataBunch, Learner, AvgStatsCallback, checkpoint_meta
+from .anneal import CSVLogger, TensorBoardCallback
+from .interpret import ClassificationInterpretation
 from .accel_sgd import optimizer_choices, compare_optimizers, plot_comparison, TerminateOnNaNCallback
 from .hardware import resolve_device, GradientAccumulation, GradientClip
 
@@ -77,6 +79,9 @@ def build_parser():
     p.add_argument('--out', metavar='DIR', default='exp_lib_out', help="folder for plots and tables (default: exp_lib_out)")
     p.add_argument('--no-progress', action='store_true', help="no progress bars, even on a terminal (the epoch table is still printed)")
     p.add_argument('--save', metavar='PATH', help="write a checkpoint (model, optimizer, RNG) that Learner.load reads back")
+    p.add_argument('--checkpoint-every-epoch', metavar='PATH', help="keep the last finished epoch in the checkpoint PATH (written atomically), for --resume")
+    p.add_argument('--resume', metavar='PATH', help="continue a stopped run from its checkpoint (run with the same options); ends where the full run would")
+    p.add_argument('--tensorboard', metavar='DIR', help="also log losses, hypers and metrics for TensorBoard in DIR (needs the tensorboard extra)")
     p.add_argument('--compare', type=_opt_list, metavar='OPTS', help="compare optimizers, e.g. sgd,momentum,rmsprop,adam: one table and one plot (--lr and --wd apply to each)")
     return p
 
@@ -102,6 +107,10 @@ def _ckpt_path(path, option):
     _probe(p.parent, f'the checkpoint {p.name}', option)
     return p
 
+def _tensorboard(log_dir):
+    try: return TensorBoardCallback(log_dir)
+    except ImportError as e: raise _UsageError(str(e)) from None
+
 def _device(choice):
     try: return resolve_device(None if choice == 'auto' else choice)
     except ValueError as e: raise _UsageError(str(e)) from None
@@ -125,32 +134,67 @@ def _check_finite(learn, what=''):
         raise _Diverged(f"the training loss{what} became NaN or infinite at epoch {epoch}, batch {batch}; "
                         f"training stopped there. Try a lower --lr (it was {learn.lr:g}).")
 
-def _learner_for(args, data, opt_func, lr, **kwargs):
+def _learner_for(args, data, opt_func, lr, cbs=(), **kwargs):
     "A learner for `args`: the model, device, precision, accumulation and clipping they ask for, stopping on a NaN loss."
-    cbs = [TerminateOnNaNCallback()] + ([GradientAccumulation(args.accum * args.bs)] if args.accum > 1 else [])
+    cbs = [TerminateOnNaNCallback()] + ([GradientAccumulation(args.accum * args.bs)] if args.accum > 1 else []) + list(cbs)
     cbs += [GradientClip(args.clip)] if args.clip else []
     learn = Learner(make_model(args.arch), data, opt_func=opt_func, lr=lr, metrics=[accuracy], progress=not args.no_progress,
                     device=args.device, cbs=cbs, **kwargs)
     return learn.to_bf16() if args.precision == 'bf16' else learn.to_fp16() if args.precision == 'fp16' else learn
 
+_RUN_KEYS = ('arch', 'opt', 'lr', 'epochs', 'bs', 'sched', 'wd', 'seed', 'precision', 'accum', 'clip', 'data')
+
+def _run_meta(args): return {k: getattr(args, k) for k in _RUN_KEYS}
+
+class _CheckpointEveryEpoch(Callback):
+    "Saves the learner and the run's options to `path` at the end of every epoch."
+    order, run_after, run_probe = 90, AvgStatsCallback, False
+    def __init__(self, path, meta): self.path, self.meta = path, meta
+    def after_epoch(self): self.learn.save(self.path, meta=self.meta)
+
+def _resume_from(args):
+    "The checkpoint meta of `--resume`, after checking it was made by a run with the same options."
+    try: meta = checkpoint_meta(args.resume)
+    except (FileNotFoundError, ValueError) as e: raise _UsageError(f"--resume: {e}") from None
+    diff = [f"--{k} {meta.get(k)!r} (this run: {v!r})" for k, v in _run_meta(args).items() if meta.get(k) != v]
+    if diff: raise _UsageError(f"the checkpoint {args.resume} was made by a run with other options: " + ', '.join(diff) + "; resume with the same options")
+    return meta
+
+def _interpretation_plots(learn, out, what):
+    interp = ClassificationInterpretation.from_learner(learn)
+    fig, ax = plt.subplots(figsize=(8, 8))
+    interp.plot_confusion_matrix(title=f'confusion matrix: {what}', ax=ax)
+    return [_savefig(fig, out/'confusion.png'), _savefig(interp.plot_top_losses(9, title=what), out/'top_losses.png')]
+
 def train_once(args, data, out):
     "Train one model as `args` say; returns the learner and the paths written."
     opt_func, usual_lr = optimizer_choices[args.opt]
+    meta = _resume_from(args) if args.resume else _run_meta(args)
+    cbs = [CSVLogger(out/'history.csv', append=bool(args.resume))] + ([_tensorboard(args.tensorboard)] if args.tensorboard else [])
+    if args.checkpoint_every_epoch: cbs.append(_CheckpointEveryEpoch(args.checkpoint_every_epoch, meta))
     torch.manual_seed(args.seed)
-    learn = _learner_for(args, data, opt_func, usual_lr)
-    written = []
-    if args.lr == 'auto':
+    learn = _learner_for(args, data, opt_func, usual_lr, cbs)
+    written, start = [out/'history.csv'], 0
+    if args.resume:
+        learn.load(args.resume)
+        learn.lr, start = meta['lr_used'], learn.epochs_done
+        if start >= args.epochs: raise _UsageError(f"the checkpoint {args.resume} already holds all {args.epochs} epochs; there is nothing to resume")
+        print(f"resuming from {args.resume} after epoch {start - 1}")
+    elif args.lr == 'auto':
         fig, ax = plt.subplots(figsize=(6, 4))
         learn.lr = learn.lr_find(ax=ax).valley
         written.append(_savefig(fig, out/'lr_find.png'))
         print(f"lr_find suggests lr={learn.lr:.3g}")
     elif args.lr is not None: learn.lr = args.lr
+    meta['lr_used'] = learn.lr
     if args.wd is not None: learn.set_hyper('wd', args.wd)
-    learn.fit_one_cycle(args.epochs) if args.sched == 'one_cycle' else learn.fit(args.epochs)
+    learn.fit_one_cycle(args.epochs, start_epoch=start) if args.sched == 'one_cycle' else learn.fit(args.epochs, start_epoch=start)
     _check_finite(learn)
+    what = f"{args.arch}, {args.opt}, lr {learn.lr:.3g}, {args.epochs} epochs"
     written.append(_savefig(learn.recorder.plot_loss().figure, out/'loss.png'))
     written.append(_savefig(learn.recorder.plot_sched(), out/'schedule.png'))
-    if args.save: written.append(learn.save(args.save))
+    written += _interpretation_plots(learn, out, what)
+    if args.save: written.append(learn.save(args.save, meta=meta))
     return learn, written
 
 # %% ../nbs/20_train.ipynb #621bbad4
@@ -182,9 +226,12 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     matplotlib.use('Agg')
     try:
-        if args.compare and args.save: raise _UsageError("--save keeps one model's checkpoint; --compare trains several: drop one of them")
+        for opt in ('save', 'checkpoint_every_epoch', 'resume', 'tensorboard'):
+            if args.compare and getattr(args, opt):
+                raise _UsageError(f"--{opt.replace('_', '-')} is for one run; --compare trains several: drop one of them")
         out = _out_dir(args.out)
         if args.save: args.save = _ckpt_path(args.save, '--save')
+        if args.checkpoint_every_epoch: args.checkpoint_every_epoch = _ckpt_path(args.checkpoint_every_epoch, '--checkpoint-every-epoch')
         args.device = _device(args.device)
         data = _load_data(args.data, args.bs)
         if args.compare: _, written = run_compare(args, data, out)

@@ -16,8 +16,10 @@ def test_default_run_reaches_the_bar_and_writes_plots(cli, tmp_path):
     assert [int(o[0]) for o in rows] == [0, 1, 2, 3, 4]
     assert final_accuracy(r.stdout) >= 0.93
     out = tmp_path/'exp_lib_out'
-    for name in ('loss.png', 'schedule.png'):
+    for name in ('loss.png', 'schedule.png', 'confusion.png', 'top_losses.png'):
         assert (out/name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', name
+    history = list(csv.reader(open(out/'history.csv')))
+    assert history[0] == header.split() and [r[1:4] for r in history[1:]] == [o[1:4] for o in rows]
 
 def test_compare_writes_table_and_plot(cli, tmp_path):
     r = cli('--compare', 'sgd,momentum,rmsprop,adam', '--epochs', '2', '--out', tmp_path, '--no-progress')
@@ -75,7 +77,11 @@ def test_a_diverging_run_exits_1_naming_epoch_and_batch(cli, tmp_path):
     (['--bs', '-3'], 'must be a whole number > 0, got -3'),
     (['--save', '{tmp}'], 'is a folder; give the checkpoint'),
     (['--save', '{tmp}/notes.pkl.gz/m.pt'], 'cannot write the checkpoint m.pt in'),
-    (['--compare', 'sgd,adam', '--save', '{tmp}/m.pt'], '--save keeps one model'),
+    (['--compare', 'sgd,adam', '--save', '{tmp}/m.pt'], '--save is for one run; --compare trains several'),
+    (['--compare', 'sgd,adam', '--resume', '{tmp}/m.pt'], '--resume is for one run'),
+    (['--resume', '{tmp}/nowhere.pt'], '--resume: No checkpoint at'),
+    (['--resume', '{tmp}/notes.pkl.gz'], 'is not an exp_lib checkpoint'),
+    (['--checkpoint-every-epoch', '{tmp}'], '--checkpoint-every-epoch'),
     (['--accum', '0'], 'must be a whole number > 0, got 0'),
     (['--clip', '-1'], 'must be a finite number > 0, got -1'),
     (['--clip', 'nan'], 'must be a finite number > 0, got nan'),
@@ -106,3 +112,39 @@ def test_mixed_precision_accumulation_and_clipping_train(cli, tmp_path):
     r = cli('--precision', 'fp16', '--accum', '2', '--clip', '1', '--device', 'cpu', '--epochs', '2', '--out', tmp_path, '--no-progress')
     assert r.returncode == 0, r.stderr
     assert final_accuracy(r.stdout) > 0.9
+
+KILLED_AFTER = """
+import os, signal, sys
+from exp_lib.callbacks import Callback, defaults
+import exp_lib.train
+class KillAfter(Callback):
+    "SIGKILL this process at the end of epoch `sys.argv[1]`, after everything else the epoch does (the checkpoint included)."
+    order = 1000
+    def after_epoch(self):
+        if self.learn.epoch == int(sys.argv[1]): os.kill(os.getpid(), signal.SIGKILL)
+defaults.callbacks.append(KillAfter)
+sys.exit(exp_lib.train.main(sys.argv[2:]))
+"""
+
+def test_a_killed_run_resumes_to_the_same_weights_bitwise(cli, tmp_path):
+    import torch
+    run = ['--epochs', '4', '--no-progress', '--precision', 'fp16', '--accum', '2', '--seed', '3']
+    killed = subprocess.run([sys.executable, '-c', KILLED_AFTER, '1', *run, '--out', str(tmp_path/'a'), '--checkpoint-every-epoch', str(tmp_path/'ck.pt')],
+                            capture_output=True, text=True, timeout=600, env={**os.environ, 'MPLBACKEND': 'Agg'})
+    assert killed.returncode == -9, (killed.returncode, killed.stderr)
+    assert torch.load(tmp_path/'ck.pt', weights_only=True)['epochs_done'] == 2
+    resumed = cli(*run, '--out', tmp_path/'a', '--resume', tmp_path/'ck.pt', '--save', tmp_path/'resumed.pt')
+    assert resumed.returncode == 0 and 'resuming from' in resumed.stdout, resumed.stderr
+    whole = cli(*run, '--out', tmp_path/'b', '--save', tmp_path/'whole.pt')
+    assert whole.returncode == 0, whole.stderr
+    a, b = (torch.load(tmp_path/f, weights_only=True)['model'] for f in ('whole.pt', 'resumed.pt'))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = lambda d: [r[:4] for r in csv.reader(open(tmp_path/d/'history.csv'))]
+    assert rows('a') == rows('b') and len(rows('a')) == 5
+    other = cli(*run, '--opt', 'sgd', '--out', tmp_path/'c', '--resume', tmp_path/'ck.pt')
+    assert other.returncode == 2 and "--opt 'adam' (this run: 'sgd')" in other.stderr and len(other.stderr.strip().splitlines()) == 1, other.stderr
+
+def test_tensorboard_logs_are_written(cli, tmp_path):
+    r = cli('--epochs', '1', '--out', tmp_path, '--no-progress', '--tensorboard', tmp_path/'tb')
+    assert r.returncode == 0, r.stderr
+    assert any(f.name.startswith('events.out.tfevents') for f in (tmp_path/'tb').iterdir())

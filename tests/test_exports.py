@@ -30,6 +30,9 @@ SCRIPT = textwrap.dedent("""
     call('Recorder.plot_sched', learn.recorder.plot_sched)
     call('LRFinder.plot', learn.lr_finder_result.plot)
     call('plot_comparison', plot_comparison, {'adam': learn.recorder})
+    interp = ClassificationInterpretation.from_learner(learn)
+    call('ClassificationInterpretation.plot_confusion_matrix', interp.plot_confusion_matrix)
+    call('ClassificationInterpretation.plot_top_losses', interp.plot_top_losses)
     assert called == plotters(), f"plotting functions not exercised here: {plotters() - called}; called but not found: {called - plotters()}"
     print('ok', len(api.__all__), sorted(called))
 """)
