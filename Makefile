@@ -44,7 +44,7 @@ nbtest: $(STAMP)
 # pytest exits 5 when it collects nothing; that is not a failure while tests/ is empty.
 # Two pytest workers, one per core; a file's tests stay on one worker (the kernel test's notebooks run once).
 pytest: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=8 tests/ || [ $$? -eq 5 ]
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -rf -n 2 --dist loadfile --durations=8 tests/ || [ $$? -eq 5 ]
 
 train: $(STAMP)
 	$(BIN)/exp_lib_train

@@ -1,12 +1,16 @@
 """exp_lib benchmarks. Each measurement runs against its baseline in the same process, interleaved, several
 times after a warm-up; the table shows medians, the ratio and whether the target (issue 7) is met.
 Run with `make bench` (or `python bench/run.py [--reps N]`)."""
-import argparse, statistics, sys, time
+import argparse, os, statistics, sys, tempfile, time
+from pathlib import Path
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn, optim
 import torch.utils.data as tud
-from exp_lib.all import (Learner, DataBunch, DataLoader, Dataset, accuracy, Adam, SGD, RMSProp, SyncCounter)
+from exp_lib.all import (Learner, DataBunch, DataLoader, Dataset, accuracy, Adam, SGD, RMSProp, SyncCounter, Callback,
+                         DistributedTrainer)
 
 def interleaved(fns, reps, warmup=2):
     "Median seconds of each function in `fns`, run alternately so that machine noise hits them alike."
@@ -124,13 +128,62 @@ def bench_syncs(_reps):
     per_batch = (big - small) / (nb_big - nb_small)
     return [(f'syncs per batch ({big} syncs in {nb_big} batches, {small} in {nb_small})', per_batch, 'none per batch', 1.0, 0, 'abs')]
 
+def ddp_model(big): return nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10)) if big else mlp()
+
+class NoSync(Callback):
+    "Every training batch under DDP's no_sync: the same work without the gradient all-reduce (to see what communication costs)."
+    run_after = DistributedTrainer
+    def before_batch(self):
+        if self.learn.training: self.ctx = self.learn.model.no_sync(); self.ctx.__enter__()
+    def after_batch(self):
+        if self.learn.training: self.ctx.__exit__(None, None, None)
+
+def epoch_seconds(bs, big, reps, cbs=()):
+    "Median seconds of one epoch (20k items, SGD), after a warm-up epoch, in this process (distributed if a group is up)."
+    x, y, _ = task()
+    torch.manual_seed(0)
+    learn = Learner(ddp_model(big), DataBunch(DataLoader(Dataset(x, y), bs, shuffle=True), None), opt_func=optim.SGD, lr=0.01,
+                    progress=False, logger=lambda r: None, cbs=list(cbs))
+    times = []
+    with learn.distrib_ctx():
+        for _ in range(reps + 1):
+            if dist.is_initialized(): dist.barrier()
+            start = time.perf_counter(); learn.fit(1); times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+def ddp_rank(rank, tmp, big, reps, no_sync):
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'file://{tmp}/init', rank=rank, world_size=2)
+    t = epoch_seconds(64, big, reps, [NoSync()] if no_sync else [])
+    if rank == 0: (Path(tmp)/'t').write_text(str(t))
+    dist.destroy_process_group()
+
+def two_processes(big, reps, no_sync=False):
+    tmp = tempfile.mkdtemp()
+    mp.spawn(ddp_rank, args=(tmp, big, reps, no_sync), nprocs=2, join=True)
+    return float((Path(tmp)/'t').read_text())
+
+def bench_ddp(reps):
+    """5. One epoch of data-parallel training on 2 processes (one thread each, batch 64 each) against one process (one thread,
+    batch 128: the same global batch): the lesson's MLP, and a 784-1024-1024-10 MLP with 20x the computation per item.
+    The same 2-process epoch with every batch under no_sync shows how much of it is the gradient all-reduce."""
+    reps = max(3, reps // 2)
+    rows, threads = [], torch.get_num_threads()
+    for big, name in ((False, 'MLP 784-50-10'), (True, 'MLP 784-1024-1024-10')):
+        torch.set_num_threads(1)
+        one = epoch_seconds(128, big, reps)
+        torch.set_num_threads(threads)
+        two, quiet = two_processes(big, reps), two_processes(big, reps, no_sync=True)
+        rows.append((f'DDP epoch, {name}, 2 processes (comm {max(two - quiet, 0) / two:.0%})', two, '1 process, 1 thread, batch 128', one, None, 'max'))
+    return rows
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument('--reps', type=int, default=7, help='timed repetitions per measurement (median reported)')
     reps = ap.parse_args().reps
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {reps} runs after warm-up\n")
     rows = []
-    for b in (bench_fit, bench_opt, bench_loader, bench_syncs):
+    for b in (bench_fit, bench_opt, bench_loader, bench_syncs, bench_ddp):
         print(f"running {b.__name__}...", file=sys.stderr, flush=True)
         rows += b(reps)
     w = max(len(r[0]) for r in rows)

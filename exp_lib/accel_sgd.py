@@ -498,8 +498,9 @@ class TerminateOnNaNCallback(Callback):
     "Ends the fit when the loss is NaN or infinite, before it is recorded or stepped on."
     order, run_before, run_probe = -9, [AvgStatsCallback, Recorder], False
     def before_fit(self): self.learn.nan_at = None
+    def _not_finite(self, loss): return not torch.isfinite(loss).all()
     def after_loss(self):
-        if not torch.isfinite(self.learn.loss).all():
+        if self._not_finite(self.learn.loss):
             self.learn.nan_at = (self.learn.epoch, self.learn.iter)
             raise CancelFitException()
 

@@ -6,13 +6,14 @@
 __all__ = []
 
 # %% ../nbs/99_all.ipynb #06f9b838
-from . import data, minibatch, callbacks, anneal, accel_sgd, hardware, interpret
+from . import data, minibatch, callbacks, anneal, accel_sgd, hardware, distributed, interpret
 from .data import *
 from .minibatch import *
 from .callbacks import *
 from .anneal import *
 from .accel_sgd import *
 from .hardware import *
+from .distributed import *
 from .interpret import *
 from .train import make_model
-__all__ = [n for m in (data, minibatch, callbacks, anneal, accel_sgd, hardware, interpret) for n in m.__all__ if n != 'fit'] + ['make_model']
+__all__ = [n for m in (data, minibatch, callbacks, anneal, accel_sgd, hardware, distributed, interpret) for n in m.__all__ if n != 'fit'] + ['make_model']

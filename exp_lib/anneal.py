@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 from fastcore.basics import patch
 from .minibatch import accuracy
 from .callbacks import (Callback, Learner, TrainEvalCallback, ProgressCallback, AvgStatsCallback,
-                               CancelFitException, CancelValidException, defaults)
+                               CancelFitException, CancelValidException, defaults, rank_distrib)
 
 # %% ../nbs/05_anneal.ipynb #461b27dd
 class Recorder(Callback):
@@ -301,6 +301,7 @@ class CSVLogger(Callback):
         return [r for r in old[1:] if r and int(r[0]) < self.learn.start_epoch]
 
     def before_fit(self):
+        if rank_distrib(): return
         names = self.learn.avg_stats.names
         rows = self._kept_rows(names)
         self.fname.parent.mkdir(parents=True, exist_ok=True)
@@ -311,6 +312,7 @@ class CSVLogger(Callback):
         self.writer = csv.writer(self.file)
 
     def after_epoch(self):
+        if self.file is None: return
         stats = self.learn.avg_stats
         self.writer.writerow(stats.format(stats.history[-1]))
         self.file.flush()
@@ -329,10 +331,12 @@ class TensorBoardCallback(Callback):
         self.log_dir, self.writer_cls, self.writer = Path(log_dir), SummaryWriter, None
 
     def before_fit(self):
+        if rank_distrib(): return
         self.writer, self.done = self.writer_cls(str(self.log_dir)), 0
         self.first_step = self.learn.start_epoch * len(self.learn.data.train_dl)
 
     def after_epoch(self):
+        if self.writer is None: return
         rec, w, start = self.learn.recorder, self.writer, self.done
         steps = range(self.first_step + start, self.first_step + len(rec.losses))
         if len(steps):

@@ -6,8 +6,8 @@
 __all__ = ['DataLoaders', 'event', 'defaults', 'DataBunch', 'CancelBatchException', 'CancelBackwardException',
            'CancelStepException', 'CancelTrainException', 'CancelValidException', 'CancelEpochException',
            'CancelFitException', 'Callback', 'sort_by_run', 'params', 'trainable_params', 'apply', 'to_detach',
-           'print_row', 'Learner', 'TrainEvalCallback', 'AvgStats', 'AvgStatsCallback', 'ProgressCallback',
-           'GatherPreds', 'atomic_save', 'checkpoint_meta', 'TrackerCallback', 'SaveModelCallback',
+           'rank_distrib', 'print_row', 'Learner', 'TrainEvalCallback', 'AvgStats', 'AvgStatsCallback',
+           'ProgressCallback', 'GatherPreds', 'atomic_save', 'checkpoint_meta', 'TrackerCallback', 'SaveModelCallback',
            'EarlyStoppingCallback']
 
 # %% ../nbs/04_callbacks.ipynb #6c9a4f58
@@ -16,6 +16,7 @@ from pathlib import Path
 from functools import partial
 from types import SimpleNamespace
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn, optim
 from fastcore.basics import patch
@@ -162,6 +163,14 @@ def to_detach(o):
 def _as_tuple(v):
     "`v` as a tuple: a tuple as is, a list converted, anything else (one tensor) wrapped."
     return v if isinstance(v, tuple) else tuple(v) if isinstance(v, list) else (v,)
+
+def rank_distrib():
+    "This process's rank when training on several (torch.distributed), else 0: only rank 0 draws bars and writes files."
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get('RANK', 0))
+
+def _plain(model):
+    "`model` without a data-parallel wrapper (whose parameter names all start with `module.`)."
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
 
 def print_row(items):
     "Default learner logger: one line per row of the epoch table."
@@ -497,7 +506,7 @@ class ProgressCallback(Callback):
     def before_fit(self):
         self.mbar = self.pbar = None
         bars = _bar_classes(self.kind)
-        if bars is None: return
+        if bars is None or rank_distrib(): return
         self.pbar_cls = bars[1]
         self.mbar = bars[0](range(self.learn.n_epoch))
         self.mbar.on_iter_begin()
@@ -652,7 +661,8 @@ def _cb_states(learn): return {cb.name: cb.state_dict() for cb in learn.cbs if h
 @patch
 def save(self:Learner, path, with_opt=True, meta=None):
     "Save model, optimizer (if `with_opt`), epochs done, callback and RNG states, and `meta` (a dict of plain values) to `path`, atomically."
-    return atomic_save({'format': _CKPT_FORMAT, 'meta': dict(meta or {}), 'model': self.model.state_dict(),
+    if rank_distrib(): return Path(path)
+    return atomic_save({'format': _CKPT_FORMAT, 'meta': dict(meta or {}), 'model': _plain(self.model).state_dict(),
                         'opt': self.opt.state_dict() if with_opt else None, 'opt_kind': _opt_kind(self.opt),
                         'epochs_done': getattr(self, 'epochs_done', 0), 'cbs': _cb_states(self),
                         'rng': {'torch': torch.get_rng_state(), 'python': random.getstate()}}, path)
@@ -674,16 +684,16 @@ def checkpoint_meta(path):
 @patch
 def load(self:Learner, path, with_opt=True):
     "Load a checkpoint written by `save`: weights, optimizer state (if `with_opt` and saved), epochs done, callback and RNG states."
-    path = Path(path)
+    path, model = Path(path), _plain(self.model)
     ckpt = _read_checkpoint(path)
-    _check_fits(self.model, ckpt['model'], path)
+    _check_fits(model, ckpt['model'], path)
     if with_opt and ckpt['opt'] is not None:
         saved, here = ckpt.get('opt_kind'), _opt_kind(self.opt)
         if saved is not None and saved != here:
             raise ValueError(f"The optimizer state in {path} was saved by {saved}; this learner's optimizer is {here}. "
                              f"Make the Learner with the opt_func that saved it, or load with with_opt=False.")
         self.opt.load_state_dict(ckpt['opt'])
-    self.model.load_state_dict(ckpt['model'])
+    model.load_state_dict(ckpt['model'])
     for name, sd in ckpt.get('cbs', {}).items():
         cb = getattr(self, name, None)
         if isinstance(cb, Callback) and hasattr(type(cb), 'load_state_dict'): cb.load_state_dict(sd)

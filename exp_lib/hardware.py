@@ -155,12 +155,16 @@ class GradientAccumulation(Callback):
         self.learn.opt.zero_grad()
     def after_loss(self):
         if self.learn.training: self.learn.loss_grad = self.learn.loss_grad * (len(self.learn.yb[0]) / self.n_acc)
-    def before_step(self):
+    def will_step(self):
+        "Whether this batch ends an accumulation: `n_acc` items seen, or the last batch of the epoch."
         learn = self.learn
-        self.count += len(learn.yb[0])
+        return self.count + len(learn.yb[0]) >= self.n_acc or learn.iter == learn.n_iter - 1
+    def before_step(self):
+        step = self.will_step()
+        self.count += len(self.learn.yb[0])
+        if not step: raise CancelBatchException()
         if self.count < self.n_acc:
-            if learn.iter < learn.n_iter - 1: raise CancelBatchException()
-            grads = [p.grad for p in learn.model.parameters() if p.grad is not None]
+            grads = [p.grad for p in self.learn.model.parameters() if p.grad is not None]
             if grads: torch._foreach_mul_(grads, self.n_acc / self.count)
         self.count = 0
 

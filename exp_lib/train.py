@@ -6,7 +6,7 @@
 __all__ = ['make_model', 'build_parser', 'train_once', 'write_table', 'run_compare', 'main']
 
 # %% ../nbs/20_train.ipynb #5ad6f865
-import argparse, csv, math, sys, time
+import argparse, csv, math, os, subprocess, sys, time
 from functools import partial
 from pathlib import Path
 import torch
@@ -15,9 +15,10 @@ import matplotlib
 import matplotlib.pyplot as plt
 from .data import get_mnist
 from .minibatch import Dataset, accuracy, get_dls
-from .callbacks import Callback, DataBunch, Learner, AvgStatsCallback, checkpoint_meta
+from .callbacks import Callback, DataBunch, Learner, AvgStatsCallback, checkpoint_meta, rank_distrib
 from .anneal import CSVLogger, TensorBoardCallback
 from .interpret import ClassificationInterpretation
+from .distributed import num_distrib
 from .accel_sgd import optimizer_choices, compare_optimizers, plot_comparison, TerminateOnNaNCallback
 from .hardware import resolve_device, GradientAccumulation, GradientClip
 
@@ -75,6 +76,7 @@ def build_parser():
     p.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default='fp32', help="fp32, or mixed precision in bfloat16 or float16 with loss scaling (default: fp32)")
     p.add_argument('--accum', type=_positive_int, default=1, metavar='N', help="accumulate the gradients of N batches per step: an effective batch of N*bs (default: 1)")
     p.add_argument('--clip', type=_positive, default=None, metavar='X', help="clip the norm of the gradients to X before each step (default: no clipping)")
+    p.add_argument('--nproc', type=_positive_int, default=1, metavar='N', help="train on N local processes (starts torchrun; --bs is per process) (default: 1)")
     p.add_argument('--seed', type=int, default=42, help="random seed (default: 42)")
     p.add_argument('--out', metavar='DIR', default='exp_lib_out', help="folder for plots and tables (default: exp_lib_out)")
     p.add_argument('--no-progress', action='store_true', help="no progress bars, even on a terminal (the epoch table is still printed)")
@@ -92,7 +94,7 @@ def _probe(folder, what, option):
     "Make `folder` and check that a file can be written in it; a `_UsageError` naming `option` otherwise."
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder/'.exp_lib_write_test'
+        probe = folder/f'.exp_lib_write_test.{os.getpid()}'
         probe.write_text(''); probe.unlink()
     except OSError as e: raise _UsageError(f"cannot write {what} in {folder} ({e.strerror or e}); pass {option} with a writable path") from None
 
@@ -138,8 +140,7 @@ def _learner_for(args, data, opt_func, lr, cbs=(), **kwargs):
     "A learner for `args`: the model, device, precision, accumulation and clipping they ask for, stopping on a NaN loss."
     cbs = [TerminateOnNaNCallback()] + ([GradientAccumulation(args.accum * args.bs)] if args.accum > 1 else []) + list(cbs)
     cbs += [GradientClip(args.clip)] if args.clip else []
-    learn = Learner(make_model(args.arch), data, opt_func=opt_func, lr=lr, metrics=[accuracy], progress=not args.no_progress,
-                    device=args.device, cbs=cbs, **kwargs)
+    learn = Learner(make_model(args.arch), data, opt_func=opt_func, lr=lr, metrics=[accuracy], device=args.device, cbs=cbs, **kwargs)
     return learn.to_bf16() if args.precision == 'bf16' else learn.to_fp16() if args.precision == 'fp16' else learn
 
 _RUN_KEYS = ('arch', 'opt', 'lr', 'epochs', 'bs', 'sched', 'wd', 'seed', 'precision', 'accum', 'clip', 'data')
@@ -167,35 +168,42 @@ def _interpretation_plots(learn, out, what):
     return [_savefig(fig, out/'confusion.png'), _savefig(interp.plot_top_losses(9, title=what), out/'top_losses.png')]
 
 def train_once(args, data, out):
-    "Train one model as `args` say; returns the learner and the paths written."
+    "Train one model as `args` say (on every process of the job, if started by torchrun); returns the learner and the paths written."
     opt_func, usual_lr = optimizer_choices[args.opt]
     meta = _resume_from(args) if args.resume else _run_meta(args)
     cbs = [CSVLogger(out/'history.csv', append=bool(args.resume))] + ([_tensorboard(args.tensorboard)] if args.tensorboard else [])
     if args.checkpoint_every_epoch: cbs.append(_CheckpointEveryEpoch(args.checkpoint_every_epoch, meta))
     torch.manual_seed(args.seed)
-    learn = _learner_for(args, data, opt_func, usual_lr, cbs)
+    learn = _learner_for(args, data, opt_func, usual_lr, cbs, progress=not args.no_progress and not rank_distrib())
+    with learn.distrib_ctx(): return learn, _train(learn, args, out, meta)
+
+def _train(learn, args, out, meta):
+    rank0 = not rank_distrib()
     written, start = [out/'history.csv'], 0
     if args.resume:
         learn.load(args.resume)
         learn.lr, start = meta['lr_used'], learn.epochs_done
         if start >= args.epochs: raise _UsageError(f"the checkpoint {args.resume} already holds all {args.epochs} epochs; there is nothing to resume")
-        print(f"resuming from {args.resume} after epoch {start - 1}")
+        if rank0: print(f"resuming from {args.resume} after epoch {start - 1}")
     elif args.lr == 'auto':
         fig, ax = plt.subplots(figsize=(6, 4))
-        learn.lr = learn.lr_find(ax=ax).valley
-        written.append(_savefig(fig, out/'lr_find.png'))
-        print(f"lr_find suggests lr={learn.lr:.3g}")
+        learn.lr = learn.lr_find(ax=ax, show_plot=rank0).valley
+        if rank0:
+            written.append(_savefig(fig, out/'lr_find.png'))
+            print(f"lr_find suggests lr={learn.lr:.3g}")
+        else: plt.close(fig)
     elif args.lr is not None: learn.lr = args.lr
     meta['lr_used'] = learn.lr
     if args.wd is not None: learn.set_hyper('wd', args.wd)
     learn.fit_one_cycle(args.epochs, start_epoch=start) if args.sched == 'one_cycle' else learn.fit(args.epochs, start_epoch=start)
     _check_finite(learn)
-    what = f"{args.arch}, {args.opt}, lr {learn.lr:.3g}, {args.epochs} epochs"
+    if not rank0: return []
+    what = f"{args.arch}, {args.opt}, lr {learn.lr:.3g}, {args.epochs} epochs" + (f", {num_distrib()} processes" if num_distrib() > 1 else '')
     written.append(_savefig(learn.recorder.plot_loss().figure, out/'loss.png'))
     written.append(_savefig(learn.recorder.plot_sched(), out/'schedule.png'))
     written += _interpretation_plots(learn, out, what)
     if args.save: written.append(learn.save(args.save, meta=meta))
-    return learn, written
+    return written
 
 # %% ../nbs/20_train.ipynb #621bbad4
 _COLS = ['optimizer', 'lr', 'train_loss', 'valid_loss', 'accuracy', 'time']
@@ -213,7 +221,7 @@ def write_table(rows, out):
 
 def run_compare(args, data, out):
     "The chapter's optimizer comparison; returns the rows and the paths written."
-    rows, recs = compare_optimizers(partial(_learner_for, args, data, logger=lambda row: None), args.compare, args.epochs, sched=args.sched, seed=args.seed, lr=args.lr, wd=args.wd)
+    rows, recs = compare_optimizers(partial(_learner_for, args, data, logger=lambda row: None, progress=not args.no_progress), args.compare, args.epochs, sched=args.sched, seed=args.seed, lr=args.lr, wd=args.wd)
     for name, rec in recs.items(): _check_finite(rec.learn, f" of {name}")
     print(write_table(rows, out), end='')
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -221,33 +229,55 @@ def run_compare(args, data, out):
     return rows, [out/'compare.md', out/'compare.csv', _savefig(fig, out/'compare.png')]
 
 # %% ../nbs/20_train.ipynb #dc012642
+def _without_nproc(argv):
+    "The command line `argv` without its `--nproc N` (the processes torchrun starts must not start more)."
+    res, skip = [], False
+    for a in argv:
+        if skip: skip = False
+        elif a == '--nproc': skip = True
+        elif not a.startswith('--nproc='): res.append(a)
+    return res
+
+def _launch(args, argv):
+    "Run this command on `args.nproc` local processes under torchrun; its exit status."
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={args.nproc}', '-m', 'exp_lib.train', *_without_nproc(argv)]
+    return subprocess.run(cmd).returncode
+
 def main(argv=None):
     "Entry point of `exp_lib_train`; returns the exit code."
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     matplotlib.use('Agg')
+    rank0 = not rank_distrib()
     try:
         for opt in ('save', 'checkpoint_every_epoch', 'resume', 'tensorboard'):
             if args.compare and getattr(args, opt):
                 raise _UsageError(f"--{opt.replace('_', '-')} is for one run; --compare trains several: drop one of them")
+        if args.compare and args.nproc > 1: raise _UsageError("--nproc is for one run; --compare trains several: drop one of them")
         out = _out_dir(args.out)
         if args.save: args.save = _ckpt_path(args.save, '--save')
         if args.checkpoint_every_epoch: args.checkpoint_every_epoch = _ckpt_path(args.checkpoint_every_epoch, '--checkpoint-every-epoch')
         args.device = _device(args.device)
         data = _load_data(args.data, args.bs)
+        if args.resume: _resume_from(args)
+        if args.nproc > 1 and 'LOCAL_RANK' not in os.environ: return _launch(args, argv)
         if args.compare: _, written = run_compare(args, data, out)
         else:
             learn, written = train_once(args, data, out)
-            print(f"final validation accuracy: {learn.avg_stats.history[-1]['accuracy']:.4f}")
+            if rank0: print(f"final validation accuracy: {learn.avg_stats.history[-1]['accuracy']:.4f}")
     except _UsageError as e:
-        print(f"exp_lib_train: error: {e}", file=sys.stderr)
+        if rank0: print(f"exp_lib_train: error: {e}", file=sys.stderr)
         return 2
     except _Diverged as e:
-        print(f"exp_lib_train: error: {e}", file=sys.stderr)
+        if rank0: print(f"exp_lib_train: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("exp_lib_train: interrupted", file=sys.stderr)
         return 130
-    print("wrote " + ', '.join(str(o) for o in written))
+    if rank0: print("wrote " + ', '.join(str(o) for o in written))
     return 0
 
 def _console_main(): sys.exit(main())
+
+# `python -m exp_lib.train` (what torchrun starts); the check on __spec__ keeps this notebook, which also runs as __main__, out
+if __name__ == '__main__' and getattr(globals().get('__spec__'), 'name', None) == 'exp_lib.train': _console_main()

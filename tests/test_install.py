@@ -1,5 +1,5 @@
 "A wheel of the package, installed into a fresh virtual environment the way a user would, imports and runs."
-import gzip, os, pickle, subprocess, sys, venv
+import gzip, os, pickle, shutil, subprocess, sys, venv
 from pathlib import Path
 import numpy as np
 import pytest
@@ -20,8 +20,12 @@ def tiny_mnist(fn, n_train=640, n_valid=200):
 
 @pytest.mark.slow
 def test_wheel_installs_into_a_fresh_venv(tmp_path):
-    "A plain `pip install` (no extras) gets the newest fastcore (2.x), which nbdev 2 cannot use: the package must work with it."
-    sh(sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-w', tmp_path/'dist', ROOT)
+    """A plain `pip install` (no extras) gets the newest fastcore (2.x), which nbdev 2 cannot use: the package must work with it.
+    The wheel is built from a copy: building in the source tree would rewrite the editable install's metadata under other tests."""
+    src = tmp_path/'src'
+    shutil.copytree(ROOT/'exp_lib', src/'exp_lib', ignore=shutil.ignore_patterns('__pycache__'))
+    for f in ('settings.ini', 'setup.py', 'README.md'): shutil.copy(ROOT/f, src/f)
+    sh(sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-w', tmp_path/'dist', src)
     wheel, = (tmp_path/'dist').glob('exp_lib-*.whl')
     venv.create(tmp_path/'env', with_pip=True)
     py, env = tmp_path/'env'/'bin'/'python', {**os.environ, 'MPLBACKEND': 'Agg', 'EXP_LIB_CACHE': str(tmp_path/'cache')}
