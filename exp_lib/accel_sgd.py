@@ -59,7 +59,9 @@ class ParamGroup(MutableMapping):
 # %% ../nbs/16_accel_sgd.ipynb #0e1c2dc0
 class Optimizer:
     "Steps parameter groups by running the optimizer callbacks `cbs` on each parameter, with per-group hypers."
-    def __init__(self, params, cbs, **defaults):
+    def __init__(self, params, cbs,
+                 flat=True, # keep each group's parameters, gradients and state in flat buffers (see "making it fast")
+                 **defaults):
         self.cbs = list(cbs)
         base = {}
         for cb in self.cbs: base.update(_cb_attr(cb, 'defaults') or {})
@@ -73,9 +75,10 @@ class Optimizer:
         self.hypers = [{**base, **own} for _, own in groups]
         for i, h in enumerate(self.hypers): _check_hypers(h, f"Optimizer parameter group {i}")
         self._views = [ParamGroup(ps, h) for ps, h in zip(self.param_lists, self.hypers)]
-        self.state, self._cache = {}, {}
+        self.state, self._cache, self._flat, self.flat = {}, {}, {}, flat
         self._vec = [_vectorised_form(cb) for cb in self.cbs]
         self.foreach = all(self._vec)
+        self._flat_ok = self.foreach and all(_cb_attr(f, 'flat') for f in self._vec)
 
     @property
     def param_groups(self): return self._views
@@ -88,8 +91,12 @@ class Optimizer:
 # %% ../nbs/16_accel_sgd.ipynb #06512dad
 @patch
 def zero_grad(self:Optimizer):
-    "Detach and zero the gradient of every parameter."
-    grads = [p.grad for p in self.all_params if p.grad is not None]
+    "Detach and zero the gradient of every parameter, in place (a flat group's whole gradient buffer at once)."
+    grads = []
+    for gi, ps in enumerate(self.param_lists):
+        parts = self._flat.get(gi)
+        if parts and all(part.zero_grad() for part in parts): continue
+        grads += [p.grad for p in ps if p.grad is not None]
     for g in grads:
         if g.requires_grad: g.detach_()
     if grads: torch._foreach_zero_(grads)
@@ -103,8 +110,10 @@ def _step_per_param(self:Optimizer, ps, hyper):
 @patch
 @torch.no_grad()
 def step(self:Optimizer):
-    "Update every parameter with a gradient: each group with the vectorised callbacks if all have one, else parameter by parameter."
+    "Update every parameter with a gradient: each group on its flat buffers if it can, else with the vectorised callbacks, else parameter by parameter."
     for gi, (ps, hyper) in enumerate(zip(self.param_lists, self.hypers)):
+        if self.foreach and self.flat and self._flat_ok and self._step_flat(gi, ps, hyper): continue
+        self._flat.pop(gi, None)
         ps = [p for p in ps if p.grad is not None]
         if not ps: continue
         if not (self.foreach and self._step_foreach(gi, ps, hyper)):
@@ -142,10 +151,10 @@ def _decay(decouple_wd):
     "The weight-decay callback: decoupled, or L2 regularisation."
     return [weight_decay] if decouple_wd else [l2_reg]
 
-def SGD(params, lr, mom=0., wd=0., decouple_wd=True):
+def SGD(params, lr, mom=0., wd=0., decouple_wd=True, flat=True):
     "SGD, with momentum if `mom`, and weight decay (decoupled, or L2 if not `decouple_wd`)."
     cbs = _decay(decouple_wd) + ([average_grad, momentum_step] if mom else [sgd_step])
-    return Optimizer(params, cbs, lr=lr, mom=mom, wd=wd)
+    return Optimizer(params, cbs, flat=flat, lr=lr, mom=mom, wd=wd)
 
 # %% ../nbs/16_accel_sgd.ipynb #ed983548
 def average_sqr_grad(p, sqr_mom, dampening=True, sqr_avg=None, **kwargs):
@@ -160,10 +169,10 @@ def rms_prop_step(p, lr, sqr_avg, eps, grad_avg=None, **kwargs):
     p.addcdiv_(p.grad if grad_avg is None else grad_avg, sqr_avg.sqrt().add_(eps), value=-lr)
 rms_prop_step.defaults = dict(eps=1e-8)
 
-def RMSProp(params, lr, sqr_mom=0.99, mom=0., eps=1e-8, wd=0., decouple_wd=True):
+def RMSProp(params, lr, sqr_mom=0.99, mom=0., eps=1e-8, wd=0., decouple_wd=True, flat=True):
     "RMSProp (with momentum on the gradient if `mom`)."
     cbs = _decay(decouple_wd) + ([average_grad] if mom else []) + [average_sqr_grad, rms_prop_step]
-    return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
+    return Optimizer(params, cbs, flat=flat, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
 
 # %% ../nbs/16_accel_sgd.ipynb #ac4ea6b1
 def step_stat(p, step=0, **kwargs):
@@ -180,14 +189,14 @@ def adam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     p.addcdiv_(grad_avg, (sqr_avg / debias2).sqrt() + eps, value=-lr / debias1)
 adam_step.defaults = dict(eps=1e-5)
 
-def adam_family(params, step_cb, lr, mom, sqr_mom, eps, wd, decouple_wd, **hypers):
+def adam_family(params, step_cb, lr, mom, sqr_mom, eps, wd, decouple_wd, flat=True, **hypers):
     "An optimizer of Adam's shape: weight decay, damped gradient average, squared average, step count, then `step_cb`."
     cbs = _decay(decouple_wd) + [partial(average_grad, dampening=True), average_sqr_grad, step_stat, step_cb]
-    return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, **hypers)
+    return Optimizer(params, cbs, flat=flat, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, **hypers)
 
-def Adam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01, decouple_wd=True):
+def Adam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01, decouple_wd=True, flat=True):
     "Adam (AdamW when `decouple_wd`), with fastai's defaults."
-    return adam_family(params, adam_step, lr, mom, sqr_mom, eps, wd, decouple_wd)
+    return adam_family(params, adam_step, lr, mom, sqr_mom, eps, wd, decouple_wd, flat)
 
 # %% ../nbs/16_accel_sgd.ipynb #e8ecbd19
 def radam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, beta=0., **kwargs):
@@ -203,9 +212,9 @@ def radam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, beta=0., **kwa
         p.addcdiv_(grad_avg, denom, value=-lr * rect / debias1)
 radam_step.defaults = dict(eps=1e-5, beta=0.)
 
-def RAdam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., beta=0., decouple_wd=True):
+def RAdam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., beta=0., decouple_wd=True, flat=True):
     "Rectified Adam (with `beta`, the denominator goes through a softplus of that sharpness, as in fastai)."
-    return adam_family(params, radam_step, lr, mom, sqr_mom, eps, wd, decouple_wd, beta=beta)
+    return adam_family(params, radam_step, lr, mom, sqr_mom, eps, wd, decouple_wd, flat, beta=beta)
 
 # %% ../nbs/16_accel_sgd.ipynb #b11135ae
 def lamb_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
@@ -217,9 +226,9 @@ def lamb_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     p.sub_(upd * (lr * q))
 lamb_step.defaults = dict(eps=1e-5)
 
-def Lamb(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., decouple_wd=True):
+def Lamb(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., decouple_wd=True, flat=True):
     "LAMB."
-    return adam_family(params, lamb_step, lr, mom, sqr_mom, eps, wd, decouple_wd)
+    return adam_family(params, lamb_step, lr, mom, sqr_mom, eps, wd, decouple_wd, flat)
 
 # %% ../nbs/16_accel_sgd.ipynb #e72f2ad0
 class Lookahead:
@@ -255,58 +264,151 @@ def ranger(params, lr, mom=0.95, wd=0.01, eps=1e-6, k=6, alpha=0.5, **kwargs):
     "RAdam inside Lookahead."
     return Lookahead(RAdam(params, lr=lr, mom=mom, wd=wd, eps=eps, **kwargs), k=k, alpha=alpha)
 
+# %% ../nbs/16_accel_sgd.ipynb #6ed558cb
+@patch
+def state_dict(self:Optimizer):
+    "Hypers and per-parameter state; parameters are numbered in group order."
+    return {'state': {i: dict(self.state[p]) for i, p in enumerate(self.all_params) if self.state.get(p)},
+            'hypers': [dict(h) for h in self.hypers]}
+
+def _copy(v, p): return v.detach().to(device=p.device, copy=True) if isinstance(v, torch.Tensor) else v
+
+@patch
+def load_state_dict(self:Optimizer, sd):
+    "Restore hypers and state saved by `state_dict`, after checking they fit this optimizer."
+    if not isinstance(sd, dict) or set(sd) != {'state', 'hypers'}:
+        raise ValueError(f"Optimizer.load_state_dict expects the dict of Optimizer.state_dict() with keys 'state' and 'hypers', got {type(sd).__name__} {list(sd)[:5] if isinstance(sd, dict) else ''}.")
+    ps = self.all_params
+    if len(sd['hypers']) != len(self.hypers):
+        raise ValueError(f"The saved optimizer has {len(sd['hypers'])} parameter groups; this one has {len(self.hypers)}.")
+    bad = [i for i in sd['state'] if not 0 <= int(i) < len(ps)]
+    if bad: raise ValueError(f"The saved optimizer state names parameters {bad[:5]} but this optimizer has {len(ps)} parameters.")
+    wrong = [f"param {i} {k}: saved {tuple(v.shape)}, here {tuple(ps[int(i)].shape)}" for i, s in sd['state'].items()
+             for k, v in s.items() if isinstance(v, torch.Tensor) and v.dim() and v.shape != ps[int(i)].shape]
+    if wrong: raise ValueError("The saved optimizer state does not fit these parameters: " + '; '.join(wrong[:5]))
+    for h, saved in zip(self.hypers, sd['hypers']): _check_hypers(saved, 'load_state_dict'); h.clear(); h.update(saved)
+    self.state = {ps[int(i)]: {k: _copy(v, ps[int(i)]) for k, v in s.items()} for i, s in sd['state'].items()}
+    self._cache.clear(); self._flat.clear()
+
+@patch
+def clear_state(self:Optimizer):
+    "Forget all per-parameter state (averages, step counts)."
+    self.state, self._cache, self._flat = {}, {}, {}
+
+@patch
+def freeze_to(self:Optimizer, n):
+    "Train only the parameter groups from `n` on (`n` may be negative)."
+    _freeze_groups(self.param_lists, n)
+
+@patch
+def freeze(self:Optimizer):
+    "Train only the last parameter group."
+    if len(self.param_lists) < 2: raise ValueError(_one_group)
+    self.freeze_to(-1)
+
+@patch
+def unfreeze(self:Optimizer):
+    "Train every parameter group."
+    self.freeze_to(0)
+
 # %% ../nbs/16_accel_sgd.ipynb #6f880c97
-def vectorised(cb):
-    "Decorator: the decorated function becomes `cb.foreach`, the form of optimizer callback `cb` that takes whole groups."
+def vectorised(cb, flat=False):
+    "Decorator: the decorated function becomes `cb.foreach`, the form of `cb` for whole groups; `flat` if it also works on flat buffers."
     def _inner(f):
-        cb.foreach = f
+        cb.foreach, f.flat = f, flat
         return f
     return _inner
 
-@vectorised(weight_decay)
+def _div(ts, d, flat_part=None, i=0):
+    "`ts / d`: new tensors, or, on a flat part, into its kept buffer `i` (the same arithmetic, no fresh memory each step)."
+    return torch._foreach_div(ts, d) if flat_part is None else [torch.div(ts[0], d, out=flat_part.scratch(i))]
+
+def _sqrt(ts, flat_part=None, i=0):
+    "`sqrt(ts)`, as `_div`."
+    return torch._foreach_sqrt(ts) if flat_part is None else [torch.sqrt(ts[0], out=flat_part.scratch(i))]
+
+@vectorised(weight_decay, flat=True)
 def _weight_decay(ps, grads, lr, wd, **kwargs):
     if wd: torch._foreach_mul_(ps, 1 - lr * wd)
 
-@vectorised(l2_reg)
+@vectorised(l2_reg, flat=True)
 def _l2_reg(ps, grads, wd, **kwargs):
     if wd: torch._foreach_add_(grads, ps, alpha=wd)
 
-@vectorised(sgd_step)
+@vectorised(sgd_step, flat=True)
 def _sgd_step(ps, grads, lr, **kwargs): torch._foreach_add_(ps, grads, alpha=-lr)
 
-@vectorised(average_grad)
+@vectorised(average_grad, flat=True)
 def _average_grad(ps, grads, mom, dampening=False, grad_avg=None, **kwargs):
     if grad_avg is None: grad_avg = [torch.zeros_like(p) for p in ps]
     torch._foreach_mul_(grad_avg, mom)
     torch._foreach_add_(grad_avg, grads, alpha=1 - mom if dampening else 1.)
     return {'grad_avg': grad_avg}
 
-@vectorised(momentum_step)
+@vectorised(momentum_step, flat=True)
 def _momentum_step(ps, grads, lr, grad_avg, **kwargs): torch._foreach_add_(ps, grad_avg, alpha=-lr)
 
-@vectorised(average_sqr_grad)
+@vectorised(average_sqr_grad, flat=True)
 def _average_sqr_grad(ps, grads, sqr_mom, dampening=True, sqr_avg=None, **kwargs):
     if sqr_avg is None: sqr_avg = [torch.zeros_like(p) for p in ps]
     torch._foreach_mul_(sqr_avg, sqr_mom)
     torch._foreach_addcmul_(sqr_avg, grads, grads, value=1 - sqr_mom if dampening else 1.)
     return {'sqr_avg': sqr_avg}
 
-@vectorised(rms_prop_step)
-def _rms_prop_step(ps, grads, lr, sqr_avg, eps, grad_avg=None, **kwargs):
-    denom = torch._foreach_sqrt(sqr_avg)
+@vectorised(rms_prop_step, flat=True)
+def _rms_prop_step(ps, grads, lr, sqr_avg, eps, grad_avg=None, flat_part=None, **kwargs):
+    denom = _sqrt(sqr_avg, flat_part)
     torch._foreach_add_(denom, eps)
     torch._foreach_addcdiv_(ps, grads if grad_avg is None else grad_avg, denom, value=-lr)
 
-@vectorised(step_stat)
+@vectorised(step_stat, flat=True)
 def _step_stat(ps, grads, step=0, **kwargs): return {'step': step + 1}
 
-@vectorised(adam_step)
-def _adam_step(ps, grads, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
+@vectorised(adam_step, flat=True)
+def _adam_step(ps, grads, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, flat_part=None, **kwargs):
     debias1, debias2 = debias(mom, 1 - mom, step), debias(sqr_mom, 1 - sqr_mom, step)
-    denom = torch._foreach_div(sqr_avg, debias2)
+    denom = _div(sqr_avg, debias2, flat_part)
     torch._foreach_sqrt_(denom)
     torch._foreach_add_(denom, eps)
     torch._foreach_addcdiv_(ps, grad_avg, denom, value=-lr / debias1)
+
+@vectorised(radam_step, flat=True)
+def _radam_step(ps, grads, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, beta=0., flat_part=None, **kwargs):
+    debias1, debias2 = debias(mom, 1 - mom, step), debias(sqr_mom, 1 - sqr_mom, step)
+    r_inf = 2 / (1 - sqr_mom) - 1
+    r = r_inf - 2 * step * sqr_mom ** step / (1 - sqr_mom ** step)
+    if r <= 5:
+        torch._foreach_add_(ps, grad_avg, alpha=-lr / debias1)
+        return
+    rect = math.sqrt((r - 4) * (r - 2) * r_inf / ((r_inf - 4) * (r_inf - 2) * r))
+    denom = _div(sqr_avg, debias2, flat_part)
+    torch._foreach_sqrt_(denom)
+    torch._foreach_add_(denom, eps)
+    if beta: denom = [F.softplus(d, beta) for d in denom]
+    torch._foreach_addcdiv_(ps, grad_avg, denom, value=-lr * rect / debias1)
+
+def _per_tensor(ts, flat_part):
+    "The tensors of `ts`, or, on a flat part, the segments of its one tensor as views."
+    return ts if flat_part is None else list(ts[0].split(flat_part.numels))
+
+def _segmented(flat_part):
+    "Whether a flat part's per-segment work is cheaper as segment operations (many small segments) than per view (large ones)."
+    return flat_part is not None and sum(flat_part.numels) < 4096 * len(flat_part.numels)
+
+@vectorised(lamb_step, flat=True)
+def _lamb_step(ps, grads, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, flat_part=None, **kwargs):
+    debias1, debias2 = debias(mom, 1 - mom, step), debias(sqr_mom, 1 - sqr_mom, step)
+    upd, denom = _div(grad_avg, debias1, flat_part, 0), _div(sqr_avg, debias2, flat_part, 1)
+    torch._foreach_sqrt_(denom)
+    torch._foreach_add_(denom, eps)
+    torch._foreach_div_(upd, denom)
+    if _segmented(flat_part):
+        r1, r2 = (torch.segment_reduce(t[0] * t[0], 'sum', lengths=flat_part.lengths).sqrt() for t in (ps, upd))
+    else: r1, r2 = (torch.stack(torch._foreach_norm(_per_tensor(t, flat_part))) for t in (ps, upd))
+    q = torch.where((r1 > 0) & (r2 > 0), (r1 / r2).clamp(max=10.), torch.ones_like(r1)) * lr
+    if _segmented(flat_part): upd[0].mul_(q.repeat_interleave(flat_part.lengths))
+    else: torch._foreach_mul_(_per_tensor(upd, flat_part), list(q.unbind()))
+    torch._foreach_sub_(ps, upd)
 
 # %% ../nbs/16_accel_sgd.ipynb #1e6f5b53
 def _gather(states):
@@ -342,52 +444,78 @@ def _step_foreach(self:Optimizer, gi, ps, hyper):
                 for p in ps: self.state[p][k] = v
     return True
 
-# %% ../nbs/16_accel_sgd.ipynb #6ed558cb
-@patch
-def state_dict(self:Optimizer):
-    "Hypers and per-parameter state; parameters are numbered in group order."
-    return {'state': {i: dict(self.state[p]) for i, p in enumerate(self.all_params) if self.state.get(p)},
-            'hypers': [dict(h) for h in self.hypers]}
+# %% ../nbs/16_accel_sgd.ipynb #51eb0139
+class _FlatPart:
+    "Parameters of one group, dtype and device as views into one buffer; their gradients and state, likewise."
+    def __init__(self, ps, state):
+        self.ps, self.numels = ps, [p.numel() for p in ps]
+        self.lengths = torch.tensor(self.numels, device=ps[0].device)
+        self.param, self.grad = self._join([p.detach() for p in ps]), self._join([p.grad for p in ps])
+        for p, v, g in zip(ps, self.views(self.param), self.views(self.grad)): p.data, p.grad = v, g
+        self.grads, self.ptrs, self.state, self._scratch = [p.grad for p in ps], [p.data_ptr() for p in ps], {}, {}
+        for k, v in _gather([state[p] for p in ps]).items(): self._adopt(k, [self._join(v)] if isinstance(v, list) else v, state)
 
-def _copy(v, p): return v.detach().to(device=p.device, copy=True) if isinstance(v, torch.Tensor) else v
+    def _join(self, ts): return torch.cat([t.reshape(-1) for t in ts])
+    def scratch(self, i=0):
+        "Buffer `i`, the size of the part, kept for the temporaries callbacks need at every step (fresh ones cost page faults)."
+        if i not in self._scratch: self._scratch[i] = torch.empty_like(self.param)
+        return self._scratch[i]
+    def views(self, flat): return [v.view_as(p) for v, p in zip(flat.split(self.numels), self.ps)]
+
+    def _adopt(self, k, v, state):
+        "Make `v` (one flat tensor in a list, or a number) state `k` of the part, each parameter's state `k` a view of it."
+        self.state[k] = v
+        for p, o in zip(self.ps, self.views(v[0]) if isinstance(v, list) else [v] * len(self.ps)): state[p][k] = o
+
+    def merge(self, res, state, cb):
+        "Take in what a vectorised callback returned: new state is adopted, state updated in place needs nothing."
+        new = {}
+        _merge_state(new, res, cb)
+        for k, v in new.items():
+            if self.state.get(k) is not v: self._adopt(k, v, state)
+
+    def attach(self):
+        "'ok' if every parameter views the buffer with its gradient there (a replaced one copied in); 'moved' or 'no grad' if not."
+        for i, p in enumerate(self.ps):
+            if p.data_ptr() != self.ptrs[i]: return 'moved'
+            g = p.grad
+            if g is not self.grads[i]:
+                if g is None: return 'no grad'
+                self.grads[i].copy_(g)
+                p.grad = self.grads[i]
+        return 'ok'
+
+    def zero_grad(self):
+        "Zero the gradient buffer at once if every gradient is still its view (True); else leave it (False)."
+        attached = all(p.grad is g for p, g in zip(self.ps, self.grads))
+        if attached: self.grad.zero_()
+        return attached
+
+def _flat_parts(ps, state):
+    "A group's parameters as flat parts, one per dtype and device; None if they cannot be (no gradient, sparse, repeated, states differ)."
+    if len({id(p) for p in ps}) < len(ps): return None
+    if any(p.grad is None or p.grad.is_sparse or not p.is_contiguous() or p.grad.shape != p.shape for p in ps): return None
+    parts = {}
+    for p in ps: parts.setdefault((p.dtype, p.device), []).append(p)
+    if any(_gather([state.setdefault(p, {}) for p in part]) is None for part in parts.values()): return None
+    return [_FlatPart(part, state) for part in parts.values()]
 
 @patch
-def load_state_dict(self:Optimizer, sd):
-    "Restore hypers and state saved by `state_dict`, after checking they fit this optimizer."
-    if not isinstance(sd, dict) or set(sd) != {'state', 'hypers'}:
-        raise ValueError(f"Optimizer.load_state_dict expects the dict of Optimizer.state_dict() with keys 'state' and 'hypers', got {type(sd).__name__} {list(sd)[:5] if isinstance(sd, dict) else ''}.")
-    ps = self.all_params
-    if len(sd['hypers']) != len(self.hypers):
-        raise ValueError(f"The saved optimizer has {len(sd['hypers'])} parameter groups; this one has {len(self.hypers)}.")
-    bad = [i for i in sd['state'] if not 0 <= int(i) < len(ps)]
-    if bad: raise ValueError(f"The saved optimizer state names parameters {bad[:5]} but this optimizer has {len(ps)} parameters.")
-    wrong = [f"param {i} {k}: saved {tuple(v.shape)}, here {tuple(ps[int(i)].shape)}" for i, s in sd['state'].items()
-             for k, v in s.items() if isinstance(v, torch.Tensor) and v.dim() and v.shape != ps[int(i)].shape]
-    if wrong: raise ValueError("The saved optimizer state does not fit these parameters: " + '; '.join(wrong[:5]))
-    for h, saved in zip(self.hypers, sd['hypers']): _check_hypers(saved, 'load_state_dict'); h.clear(); h.update(saved)
-    self.state = {ps[int(i)]: {k: _copy(v, ps[int(i)]) for k, v in s.items()} for i, s in sd['state'].items()}
-    self._cache.clear()
-
-@patch
-def clear_state(self:Optimizer):
-    "Forget all per-parameter state (averages, step counts)."
-    self.state, self._cache = {}, {}
-
-@patch
-def freeze_to(self:Optimizer, n):
-    "Train only the parameter groups from `n` on (`n` may be negative)."
-    _freeze_groups(self.param_lists, n)
-
-@patch
-def freeze(self:Optimizer):
-    "Train only the last parameter group."
-    if len(self.param_lists) < 2: raise ValueError(_one_group)
-    self.freeze_to(-1)
-
-@patch
-def unfreeze(self:Optimizer):
-    "Train every parameter group."
-    self.freeze_to(0)
+def _step_flat(self:Optimizer, gi, ps, hyper):
+    "Step group `gi` on its flat buffers (built, or rebuilt, when needed); False, doing nothing, when the group cannot be."
+    parts = self._flat.get(gi)
+    status = {part.attach() for part in parts} if parts else {'moved'}
+    if 'no grad' in status: return False
+    if 'moved' in status:
+        parts = _flat_parts(ps, self.state)
+        if parts is None: return False
+        self._flat[gi] = parts
+        self._cache.pop(gi, None)
+    for part in parts:
+        for cb, f in zip(self.cbs, self._vec):
+            res = f([part.param], [part.grad], **{**part.state, **hyper}, flat_part=part)
+            if res: part.merge(res, self.state, cb)
+    return True
 
 # %% ../nbs/16_accel_sgd.ipynb #4279fad8
 def _hp_map(pg):

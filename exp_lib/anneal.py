@@ -33,13 +33,12 @@ class Recorder(Callback):
 
     def before_fit(self):
         self._reset()
-        self.hypers = {k: [] for k in self._hyper_names()}
+        self.hypers, self.pgs = {k: [] for k in self._hyper_names()}, list(self.learn.opt.param_groups)
 
     def after_batch(self):
         learn = self.learn
         if not learn.training or learn.loss is None: return
-        pgs = learn.opt.param_groups
-        for k, vals in self.hypers.items(): vals.append([pg[k] for pg in pgs])
+        for k, vals in self.hypers.items(): vals.append([pg[k] for pg in self.pgs])
         self.losses.append(learn.loss.detach())
 
     def after_train(self): self.epoch_ends.append(len(self.losses))

@@ -51,6 +51,7 @@ _events = ('after_create before_fit before_epoch before_train before_batch after
            'after_cancel_train after_train before_validate after_cancel_validate after_validate after_cancel_epoch '
            'after_epoch after_cancel_fit after_fit').split()
 event = SimpleNamespace(**{o: o for o in _events})
+_part_events = {p: (f'before_{p}', f'after_cancel_{p}', f'after_{p}') for p in ('epoch', 'train', 'validate', 'batch', 'backward', 'step')}
 
 class CancelBatchException(Exception):
     "Skip the rest of this batch: `after_cancel_batch`, `after_batch`, then the next batch."
@@ -105,8 +106,12 @@ class Callback:
 
     def __repr__(self): return f"{type(self).__name__}(order={self.order})"
 
+_checked = set()
+
 def _check_events(cb):
-    "Warn about methods of `cb` that look like events but are not."
+    "Warn (once per class) about methods of `cb` that look like events but are not."
+    if type(cb) in _checked: return
+    _checked.add(type(cb))
     for k in dir(type(cb)):
         if k.startswith('_') or k in _events or hasattr(Callback, k) or not callable(getattr(type(cb), k)): continue
         guess = _nearest_event(k)
@@ -253,11 +258,12 @@ class Learner:
         for f in self._handlers.get(event_name, ()): f()
 
     def _with_events(self, f, name, exc):
+        before, cancel, after = _part_events[name]
         try:
-            self(f'before_{name}')
+            self(before)
             f()
-        except exc: self(f'after_cancel_{name}')
-        self(f'after_{name}')
+        except exc: self(cancel)
+        self(after)
 
     def _backward(self): self.loss_grad.backward()
     def _step(self): self.opt.step()
@@ -269,8 +275,10 @@ class Learner:
             self.loss = self.loss_grad.detach().clone()
         self('after_loss')
         if not self.training or not self.yb: return
-        self._with_events(self._backward, 'backward', CancelBackwardException)
-        self._with_events(self._step, 'step', CancelStepException)
+        if self._bare_step: self._backward(); self._step()
+        else:
+            self._with_events(self._backward, 'backward', CancelBackwardException)
+            self._with_events(self._step, 'step', CancelStepException)
         self.opt.zero_grad()
 
     def _all_batches(self):
@@ -357,6 +365,7 @@ def _set_cbs(self:Learner, cbs):
     "Sort `cbs` and rebuild the event -> handlers table; raises (changing nothing) if they cannot be ordered."
     cbs = sort_by_run(cbs)
     self._handlers = {e: tuple(getattr(cb, e) for cb in cbs if e in vars(cb) or hasattr(type(cb), e)) for e in _events}
+    self._bare_step = not any(self._handlers[e] for p in ('backward', 'step') for e in _part_events[p])
     self.cbs = cbs
 
 def _attach(learn, cb):
@@ -450,9 +459,10 @@ class AvgStats:
     def __init__(self, metrics, in_train): self.metrics, self.in_train = metrics, in_train; self.reset()
     def reset(self): self.losses, self.mets, self.bns = [], [[] for _ in self.metrics], []
     def accumulate(self, learn):
-        pred = to_detach(learn.pred)
         self.bns.append(len(learn.yb[0]))
         self.losses.append(learn.loss.detach())
+        if not self.metrics: return
+        pred = to_detach(learn.pred)
         for vals, m in zip(self.mets, self.metrics): vals.append(m(pred, *learn.yb))
     @property
     def count(self): return sum(self.bns)

@@ -56,6 +56,7 @@ class MoveToDevice(Callback):
     def before_validate(self): self.learn.model.to(self.learn.device)
     def before_batch(self):
         learn, dev = self.learn, self.learn.device
+        if all(isinstance(t, torch.Tensor) and t.device == dev for t in learn.xb + learn.yb): return
         learn.xb, learn.yb = to_device(learn.xb, dev), to_device(learn.yb, dev)
 
 defaults.callbacks = [c for c in defaults.callbacks if c.__name__ != 'MoveToDevice'] + [MoveToDevice]

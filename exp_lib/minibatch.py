@@ -86,7 +86,7 @@ class DataLoader:
             if self.drop_last and len(idxs) < self.bs: return
             if self._xy is not None:
                 idxs = torch.as_tensor(idxs)
-                yield self._xy[0][idxs], self._xy[1][idxs]
+                yield self._xy[0].index_select(0, idxs), self._xy[1].index_select(0, idxs)
             else: yield self.collate_fn([self.ds[int(i)] for i in idxs])
 
     def __repr__(self): return f"DataLoader({self.ds!r}, bs={self.bs}, batches={len(self)})"

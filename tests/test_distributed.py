@@ -37,6 +37,7 @@ def ranks(rank, world, tmp):
     learn = learner(BS, SGD, 0.1, cbs=[CSVLogger(tmp/f'history{rank}.csv')], logger=rows.append)
     with learn.distrib_ctx():
         learn.fit(2)
+        res['flat'] = bool(learn.opt._flat)
         learn.save(tmp/f'ckpt{rank}.pt')
         res['lr_find'] = learn.lr_find(show_plot=False, num_it=30)._asdict()
         res['preds'] = learn.get_preds()[0].shape
@@ -87,6 +88,7 @@ def test_ranks_agree_and_equal_one_process_on_the_global_batches(results):
     assert max_diff(r0['sgd'], weights(learner(2 * BS, SGD, 0.1))) > 1e-2, 'the weights moved'
     assert max_diff(r0['adam'], weights(one_process(2 * BS, Adam, 1e-2))) <= 1e-5
     assert r0['model_type'] == 'Sequential', 'the plain model is back after the block'
+    assert r0['flat'] and r1['flat'], 'the optimizer stepped on its flat buffers under DDP'
 
 def test_the_epoch_table_is_the_whole_datas(results):
     from exp_lib.all import SGD
