@@ -680,7 +680,7 @@ def save(self:Learner, path, with_opt=True, meta=None):
 def _read_checkpoint(path):
     "The checkpoint dict in `path`, onto the CPU, after checking it is one (and without running any code it may hold)."
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"No checkpoint at {path}.")
+    if not path.is_file(): raise FileNotFoundError(f"No checkpoint at {path} (no such file); check the path, or write one first with learn.save(path).")
     try: ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e: raise ValueError(f"{path} is not an exp_lib checkpoint: torch.load failed ({type(e).__name__}: {str(e)[:200]}).") from e
     if not isinstance(ckpt, dict) or ckpt.get('format') != _CKPT_FORMAT:

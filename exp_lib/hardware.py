@@ -71,6 +71,10 @@ class SyncCounter(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 # %% ../nbs/17_hardware.ipynb #4e59a363
+def _check_positive(name, v, kind=numbers.Real):
+    if isinstance(v, bool) or not isinstance(v, kind) or not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a {'whole ' if kind is numbers.Integral else ''}number > 0, got {name}={v!r}.")
+
 def to_float(b):
     "`b` with every half-precision tensor (float16, bfloat16) as float32."
     return apply(lambda t: t.float() if t.dtype in (torch.float16, torch.bfloat16) else t, b)
@@ -81,6 +85,7 @@ class MixedPrecision(Callback):
     def __init__(self, dtype=torch.bfloat16, init_scale=2.**16):
         if dtype not in (torch.bfloat16, torch.float16):
             raise ValueError(f"MixedPrecision needs dtype torch.bfloat16 or torch.float16, got {dtype!r}; for float32, remove it (learn.to_fp32()).")
+        _check_positive('init_scale', init_scale)
         self.dtype, self.init_scale = dtype, init_scale
         self.scaler, self._saved, self._in_autocast, self._unscaled = None, None, False, False
 
@@ -143,10 +148,6 @@ def to_fp32(self:Learner):
     return self._set_precision(None)
 
 # %% ../nbs/17_hardware.ipynb #994516a9
-def _check_positive(name, v, kind=numbers.Real):
-    if isinstance(v, bool) or not isinstance(v, kind) or not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a {'whole ' if kind is numbers.Integral else ''}number > 0, got {name}={v!r}.")
-
 class GradientAccumulation(Callback):
     "Steps once `n_acc` items have been seen, on the sum of their batches' gradients: one step of an `n_acc`-item batch."
     run_before = MixedPrecision
