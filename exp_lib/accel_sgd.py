@@ -10,7 +10,7 @@ __all__ = ['optimizer_choices', 'ParamGroup', 'Optimizer', 'weight_decay', 'l2_r
            'plot_comparison']
 
 # %% ../nbs/16_accel_sgd.ipynb #e85b81bd
-import math, time
+import math, numbers, time
 from collections.abc import MutableMapping
 from functools import partial
 import torch
@@ -18,8 +18,8 @@ import torch.nn.functional as F
 import matplotlib.pyplot as plt
 from fastcore.basics import patch
 from .callbacks import (Callback, Learner, CancelFitException, AvgStatsCallback, defaults, _param_groups,
-                               _check_hyper, _per_group, _freeze_groups, _one_group)
-from .anneal import ParamScheduler, Recorder, combine_scheds, sched_cos
+                               _check_hyper, _check_positive, _per_group, _freeze_groups, _one_group, norm_bias_params)
+from .anneal import ParamScheduler, Recorder, combine_scheds, cos_1cycle_anneal, sched_cos, sched_no
 
 # %% ../nbs/16_accel_sgd.ipynb #6a0f2cbc
 def _cb_attr(cb, name):
@@ -35,6 +35,13 @@ def _vectorised_form(cb):
 
 def _check_hypers(h, where):
     for k, v in h.items(): _check_hyper(k, v, where)
+
+def _check_disjoint(param_lists):
+    "Refuse, as torch.optim does, a parameter that appears twice (in two groups, or twice in one): it would be stepped twice."
+    ids = [id(p) for ps in param_lists for p in ps]
+    twice = len(ids) - len(set(ids))
+    if twice: raise ValueError(f"Some parameters appear in more than one parameter group ({twice} of them), or twice in one: each would be "
+                               f"stepped once per appearance. Make the splitter return each parameter once.")
 
 def _merge_state(state, res, cb):
     if res is None: return
@@ -72,7 +79,9 @@ class Optimizer:
         elif isinstance(params[0], (list, tuple)): groups = [(list(g), {}) for g in params]
         else: groups = [(params, {})]
         self.param_lists = [ps for ps, _ in groups]
-        self.hypers = [{**base, **own} for _, own in groups]
+        _check_disjoint(self.param_lists)
+        spread = {k: _per_group(v, len(groups), k, 'Optimizer') if isinstance(v, (list, slice)) else [v] * len(groups) for k, v in base.items()}
+        self.hypers = [{**{k: vs[i] for k, vs in spread.items()}, **own} for i, (_, own) in enumerate(groups)]
         for i, h in enumerate(self.hypers): _check_hypers(h, f"Optimizer parameter group {i}")
         self._views = [ParamGroup(ps, h) for ps, h in zip(self.param_lists, self.hypers)]
         self.state, self._cache, self._flat, self.flat = {}, {}, {}, flat
@@ -121,14 +130,14 @@ def step(self:Optimizer):
             self._step_per_param(ps, hyper)
 
 # %% ../nbs/16_accel_sgd.ipynb #19d3e112
-def weight_decay(p, lr, wd, **kwargs):
-    "Decoupled weight decay: shrink `p` towards 0 by `lr*wd`."
-    if wd: p.mul_(1 - lr * wd)
+def weight_decay(p, lr, wd, do_wd=True, **kwargs):
+    "Decoupled weight decay: shrink `p` towards 0 by `lr*wd` (unless its state says `do_wd=False`)."
+    if wd and do_wd: p.mul_(1 - lr * wd)
 weight_decay.defaults = dict(wd=0.)
 
-def l2_reg(p, wd, **kwargs):
-    "L2 regularisation: add `wd*p` to the gradient."
-    if wd: p.grad.add_(p, alpha=wd)
+def l2_reg(p, wd, do_wd=True, **kwargs):
+    "L2 regularisation: add `wd*p` to the gradient (unless its state says `do_wd=False`)."
+    if wd and do_wd: p.grad.add_(p, alpha=wd)
 l2_reg.defaults = dict(wd=0.)
 
 def sgd_step(p, lr, **kwargs):
@@ -265,6 +274,8 @@ def ranger(params, lr, mom=0.95, wd=0.01, eps=1e-6, k=6, alpha=0.5, **kwargs):
     return Lookahead(RAdam(params, lr=lr, mom=mom, wd=wd, eps=eps, **kwargs), k=k, alpha=alpha)
 
 # %% ../nbs/16_accel_sgd.ipynb #6ed558cb
+_keep_on_clear = ('do_wd',)
+
 @patch
 def state_dict(self:Optimizer):
     "Hypers and per-parameter state; parameters are numbered in group order."
@@ -292,8 +303,9 @@ def load_state_dict(self:Optimizer, sd):
 
 @patch
 def clear_state(self:Optimizer):
-    "Forget all per-parameter state (averages, step counts)."
-    self.state, self._cache, self._flat = {}, {}, {}
+    "Forget all per-parameter state (averages, step counts), but what says how a parameter is treated (`do_wd`)."
+    self.state = {p: {k: s[k] for k in _keep_on_clear if k in s} for p, s in self.state.items() if any(k in s for k in _keep_on_clear)}
+    self._cache, self._flat = {}, {}
 
 @patch
 def freeze_to(self:Optimizer, n):
@@ -328,12 +340,12 @@ def _sqrt(ts, flat_part=None, i=0):
     return torch._foreach_sqrt(ts) if flat_part is None else [torch.sqrt(ts[0], out=flat_part.scratch(i))]
 
 @vectorised(weight_decay, flat=True)
-def _weight_decay(ps, grads, lr, wd, **kwargs):
-    if wd: torch._foreach_mul_(ps, 1 - lr * wd)
+def _weight_decay(ps, grads, lr, wd, do_wd=True, **kwargs):
+    if wd and do_wd: torch._foreach_mul_(ps, 1 - lr * wd)
 
 @vectorised(l2_reg, flat=True)
-def _l2_reg(ps, grads, wd, **kwargs):
-    if wd: torch._foreach_add_(grads, ps, alpha=wd)
+def _l2_reg(ps, grads, wd, do_wd=True, **kwargs):
+    if wd and do_wd: torch._foreach_add_(grads, ps, alpha=wd)
 
 @vectorised(sgd_step, flat=True)
 def _sgd_step(ps, grads, lr, **kwargs): torch._foreach_add_(ps, grads, alpha=-lr)
@@ -492,11 +504,13 @@ class _FlatPart:
         return attached
 
 def _flat_parts(ps, state):
-    "A group's parameters as flat parts, one per dtype and device; None if they cannot be (no gradient, sparse, repeated, states differ)."
+    "A group's parameters as flat parts, one per dtype, device and per-parameter numbers (`do_wd`, step count); None if they cannot be."
     if len({id(p) for p in ps}) < len(ps): return None
     if any(p.grad is None or p.grad.is_sparse or not p.is_contiguous() or p.grad.shape != p.shape for p in ps): return None
     parts = {}
-    for p in ps: parts.setdefault((p.dtype, p.device), []).append(p)
+    for p in ps:
+        numbers = tuple(sorted((k, v) for k, v in state.setdefault(p, {}).items() if not isinstance(v, torch.Tensor)))
+        parts.setdefault((p.dtype, p.device, numbers), []).append(p)
     if any(_gather([state.setdefault(p, {}) for p in part]) is None for part in parts.values()): return None
     return [_FlatPart(part, state) for part in parts.values()]
 
@@ -547,16 +561,20 @@ class TorchParamGroup(MutableMapping):
 class OptimWrapper:
     "Wraps a `torch.optim` optimizer so the Learner and schedules can use the hyper names lr, mom, sqr_mom, eps, wd."
     def __init__(self, params, opt=None, **kwargs):
-        if isinstance(params, torch.optim.Optimizer): self.opt = params
+        "`params` (parameters, a list of parameter lists as a splitter returns, or torch groups) for `opt(params, **kwargs)`, or a made optimizer."
+        if isinstance(params, torch.optim.Optimizer): self.opt, ours = params, {}
         else:
             if opt is None: raise TypeError("OptimWrapper needs opt=, a torch.optim optimizer class, when given parameters.")
-            ours = {k: kwargs.pop(k) for k in ('mom', 'sqr_mom', 'wd') if k in kwargs}
+            params = list(params)
+            if params and isinstance(params[0], (list, tuple)): params = [{'params': list(g)} for g in params]
+            ours = {k: kwargs.pop(k) for k in list(kwargs) if k in ('mom', 'sqr_mom', 'wd') or isinstance(kwargs[k], (list, slice))}
+            n = len(params) if params and isinstance(params[0], dict) else 1
+            if 'lr' in ours: kwargs['lr'] = _per_group(ours['lr'], n, 'lr', 'OptimWrapper')[-1]
             self.opt = opt(params, **kwargs)
         self.hp_map, self._views = _hp_map(self.opt.param_groups[0]), []
-        if not isinstance(params, torch.optim.Optimizer):
-            for k, v in ours.items():
-                if k not in self.hp_map: raise KeyError(f"{type(self.opt).__name__} has no hyper {k!r}; it has {sorted(self.hp_map)}.")
-                for pg in self.param_groups: pg[k] = v
+        for k, v in ours.items():
+            if k not in self.hp_map: raise KeyError(f"{type(self.opt).__name__} has no hyper {k!r}; it has {sorted(self.hp_map)}.")
+            for pg, o in zip(self.param_groups, _per_group(v, len(self.opt.param_groups), k, 'OptimWrapper')): pg[k] = o
         for i, pg in enumerate(self.param_groups): _check_hypers({k: pg[k] for k in self.hp_map}, f"{type(self.opt).__name__} parameter group {i}")
     @property
     def param_groups(self):
@@ -583,34 +601,60 @@ class OptimWrapper:
 _create_opt = Learner.create_opt
 @patch
 def create_opt(self:Learner):
-    "Make the optimizer with `opt_func`; a `torch.optim` one is wrapped in `OptimWrapper`."
+    "Make the optimizer with `opt_func` (a `torch.optim` one wrapped in `OptimWrapper`); unless `wd_bn_bias`, spare norms and biases weight decay."
     _create_opt(self)
     if isinstance(self.opt, torch.optim.Optimizer): self.opt = OptimWrapper(self.opt)
+    if not self.wd_bn_bias and isinstance(self.opt, (Optimizer, Lookahead)):
+        for p in norm_bias_params(self.model): self.opt.state.setdefault(p, {})['do_wd'] = False
+    return self.opt
 
 defaults.opt_func, defaults.lr = Adam, 1e-3
 
 # %% ../nbs/16_accel_sgd.ipynb #b7a2c3c0
-def _check_moms(moms):
-    if moms is None: return
-    if len(moms) != 3: raise ValueError(f"fit_one_cycle: moms is (start, middle, end), got {moms!r}.")
-    for m in moms: _check_hyper('mom', m, 'fit_one_cycle')
+def _check_pct(where, pct_start):
+    if isinstance(pct_start, bool) or not isinstance(pct_start, (int, float)) or not 0 <= pct_start <= 1:
+        raise ValueError(f"{where}: pct_start must be a number between 0 and 1, got {pct_start!r}.")
 
 @patch
-def fit_one_cycle(self:Learner, n_epoch, lr_max=None, div=25., div_final=1e5, pct_start=0.25, moms=(0.95, 0.85, 0.95),
-                  wd=None, cbs=None, start_epoch=0):
-    "Fit `n_epoch` epochs with the one-cycle policy: cosine warm-up to `lr_max` then annealing; momentum opposite."
-    n_groups = len(self.opt.param_groups)
-    lr_maxs = _per_group(self.lr if lr_max is None else lr_max, n_groups, 'lr', 'fit_one_cycle')
-    for name, v in (('div', div), ('div_final', div_final)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0): raise ValueError(f"fit_one_cycle: {name} must be a finite number > 0, got {name}={v!r}.")
-    if not 0 <= pct_start <= 1: raise ValueError(f"fit_one_cycle: pct_start must be between 0 and 1, got {pct_start}.")
-    _check_moms(moms)
-    if wd is not None: self.set_hyper('wd', wd)
+def _sched_lrs(self:Learner, lr, where, reset_opt=False):
+    "The peak lr of each parameter group for a scheduled fit (making the optimizer first if needed); each must be > 0."
+    if reset_opt or self.opt is None or not self._opt_fits(): self.create_opt()
+    lrs = _per_group(self.lr if lr is None else lr, len(self.opt.param_groups), 'lr', where)
+    if not all(lrs): raise ValueError(f"{where}: the learning rate must be > 0 (a schedule of 0 trains nothing), got {lrs}.")
+    return lrs
+
+@patch
+def fit_one_cycle(self:Learner, n_epoch, lr_max=None, div=25., div_final=1e5, pct_start=0.25, wd=None, moms=None, cbs=None,
+                  reset_opt=False, start_epoch=0):
+    "Fit `n_epoch` epochs with the one-cycle policy: cosine warm-up to `lr_max` then annealing; momentum (`moms`, default `learn.moms`) opposite."
+    lr_maxs = self._sched_lrs(lr_max, 'fit_one_cycle', reset_opt)
+    for name, v in (('div', div), ('div_final', div_final)): _check_positive(name, v, where='fit_one_cycle')
+    _check_pct('fit_one_cycle', pct_start)
+    moms = self.moms if moms is None else moms
+    if len(moms) != 3: raise ValueError(f"fit_one_cycle: moms is (start, middle, end), got {moms!r}.")
+    for m in moms: _check_hyper('mom', m, 'fit_one_cycle')
     pcts = [pct_start, 1 - pct_start]
     scheds = [ParamScheduler('lr', [combine_scheds(pcts, [sched_cos(l / div, l), sched_cos(l, l / div_final)]) for l in lr_maxs])]
-    if moms is not None and 'mom' in self.opt.param_groups[0]:
-        scheds.append(ParamScheduler('mom', combine_scheds(pcts, [sched_cos(moms[0], moms[1]), sched_cos(moms[1], moms[2])])))
-    return self.fit(n_epoch, cbs=scheds + list(cbs or []), start_epoch=start_epoch)
+    if 'mom' in self.opt.param_groups[0]: scheds.append(ParamScheduler('mom', combine_scheds(pcts, cos_1cycle_anneal(*moms))))
+    return self.fit(n_epoch, wd=wd, cbs=scheds + list(cbs or []), start_epoch=start_epoch)
+
+@patch
+def fit_flat_cos(self:Learner, n_epoch, lr=None, div_final=1e5, pct_start=0.75, wd=None, cbs=None, reset_opt=False, start_epoch=0):
+    "Fit `n_epoch` epochs at a flat `lr` for `pct_start` of the training, then anneal it with a cosine to `lr/div_final`."
+    lrs = self._sched_lrs(lr, 'fit_flat_cos', reset_opt)
+    _check_positive('div_final', div_final, where='fit_flat_cos'); _check_pct('fit_flat_cos', pct_start)
+    sched = [combine_scheds([pct_start, 1 - pct_start], [sched_no(l, l), sched_cos(l, l / div_final)]) for l in lrs]
+    return self.fit(n_epoch, wd=wd, cbs=[ParamScheduler('lr', sched)] + list(cbs or []), start_epoch=start_epoch)
+
+@patch
+def fit_sgdr(self:Learner, n_cycles, cycle_len, lr_max=None, cycle_mult=2, cbs=None, reset_opt=False, wd=None, start_epoch=0):
+    "SGD with warm restarts: `n_cycles` cosine annealings from `lr_max` to 0, the first `cycle_len` epochs long, each `cycle_mult` times longer."
+    for name, v in (('n_cycles', n_cycles), ('cycle_len', cycle_len), ('cycle_mult', cycle_mult)): _check_positive(name, v, numbers.Integral, 'fit_sgdr')
+    lrs = self._sched_lrs(lr_max, 'fit_sgdr', reset_opt)
+    lens = [cycle_len * cycle_mult ** i for i in range(n_cycles)]
+    n_epoch = sum(lens)
+    sched = [combine_scheds([n / n_epoch for n in lens], [sched_cos(l, 0) for _ in lens]) for l in lrs]
+    return self.fit(n_epoch, wd=wd, cbs=[ParamScheduler('lr', sched)] + list(cbs or []), start_epoch=start_epoch)
 
 # %% ../nbs/16_accel_sgd.ipynb #18869073
 @patch
@@ -675,7 +719,7 @@ def compare_optimizers(make_learner, names, n_epoch, sched='one_cycle', seed=42,
         torch.manual_seed(seed)
         learn = make_learner(opt_func, usual_lr if lr in (None, 'auto') else lr)
         if lr == 'auto': learn.lr = learn.lr_find(show_plot=False).valley
-        if wd is not None: learn.set_hyper('wd', wd)
+        if wd is not None: learn.wd = wd
         start = time.perf_counter()
         learn.fit_one_cycle(n_epoch) if sched == 'one_cycle' else learn.fit(n_epoch)
         last = learn.avg_stats.history[-1]

@@ -7,7 +7,7 @@ __all__ = ['Recorder', 'annealer', 'sched_lin', 'sched_cos', 'sched_no', 'sched_
            'ParamScheduler', 'LRFinder', 'valley', 'minimum', 'steep', 'slide', 'CSVLogger', 'TensorBoardCallback']
 
 # %% ../nbs/05_anneal.ipynb #e165d77e
-import copy, csv, math, os, statistics
+import copy, csv, functools, math, os, statistics
 from pathlib import Path
 from bisect import bisect_right
 from collections import namedtuple
@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 from fastcore.basics import patch
 from .minibatch import accuracy
 from .callbacks import (Callback, Learner, TrainEvalCallback, ProgressCallback, AvgStatsCallback,
-                               CancelFitException, CancelValidException, defaults, rank_distrib)
+                               CancelFitException, CancelValidException, defaults, rank_distrib, _cb_states)
 
 # %% ../nbs/05_anneal.ipynb #461b27dd
 class Recorder(Callback):
@@ -27,13 +27,14 @@ class Recorder(Callback):
     def __init__(self, beta=0.98): self.beta = beta; self._reset()
     def _reset(self): self.hypers, self.losses, self.epoch_ends, self._smooth, self._avg = {}, [], [], [], 0.
 
-    def _hyper_names(self):
-        pg, scheduled = self.learn.opt.param_groups[0], [vars(cb)['pname'] for cb in self.learn.cbs if 'pname' in vars(cb)]
+    def _hyper_names(self, pg):
+        scheduled = [vars(cb)['pname'] for cb in self.learn.cbs if 'pname' in vars(cb)]
         return list(dict.fromkeys(['lr'] + (['mom'] if 'mom' in pg else []) + scheduled))
 
     def before_fit(self):
         self._reset()
-        self.hypers, self.pgs = {k: [] for k in self._hyper_names()}, list(self.learn.opt.param_groups)
+        self.pgs = list(self.learn.opt.param_groups) if self.learn.opt is not None else []
+        self.hypers = {k: [] for k in self._hyper_names(self.pgs[0] if self.pgs else {})}
 
     def after_batch(self):
         learn = self.learn
@@ -101,10 +102,17 @@ def smooth_loss(self:Learner):
     return rec.smooth_loss
 
 # %% ../nbs/05_anneal.ipynb #fa27e110
+class _Annealed:
+    "The schedule `pos -> f(start, end, pos)`; it pickles as the call `maker(start, end)` that made it."
+    def __init__(self, maker, f, start, end): self.maker, self.f, self.start, self.end = maker, f, start, end
+    def __call__(self, pos): return self.f(self.start, self.end, pos)
+    def __reduce__(self): return self.maker, (self.start, self.end)
+    def __repr__(self): return f"{self.maker.__name__}({self.start!r}, {self.end!r})"
+
 def annealer(f):
     "Decorator: `f(start, end, pos)` becomes `f(start, end)` returning a schedule `pos -> value`."
-    def _inner(start, end): return partial(f, start, end)
-    _inner.__name__, _inner.__doc__ = f.__name__, f.__doc__
+    @functools.wraps(f)
+    def _inner(start, end): return _Annealed(_inner, f, start, end)
     return _inner
 
 def _mix(start, end, w): return start * (1 - w) + end * w
@@ -131,6 +139,14 @@ def sched_exp(start, end, pos):
     return start if pos <= 0 else end if pos >= 1 else start * (end / start) ** pos
 
 # %% ../nbs/05_anneal.ipynb #fae9bed7
+class _Combined:
+    "The schedule running `scheds[i]` between `edges[i]` and `edges[i+1]` (see `combine_scheds`)."
+    def __init__(self, edges, last, scheds): self.edges, self.last, self.scheds = edges, last, scheds
+    def __call__(self, pos):
+        pos, edges = min(max(float(pos), 0.), 1.), self.edges
+        i = min(bisect_right(edges, pos) - 1, self.last)
+        return self.scheds[i]((pos - edges[i]) / (edges[i + 1] - edges[i]))
+
 def combine_scheds(pcts, scheds):
     "One schedule that runs `scheds[i]` over the share `pcts[i]` of training."
     pcts, scheds = list(pcts), list(scheds)
@@ -141,11 +157,7 @@ def combine_scheds(pcts, scheds):
     last = max(i for i, p in enumerate(pcts) if p > 0)
     edges[last + 1:] = [1.] * (len(edges) - last - 1)
     last = max(i for i in range(last + 1) if edges[i + 1] > edges[i])
-    def _inner(pos):
-        pos = min(max(float(pos), 0.), 1.)
-        i = min(bisect_right(edges, pos) - 1, last)
-        return scheds[i]((pos - edges[i]) / (edges[i + 1] - edges[i]))
-    return _inner
+    return _Combined(edges, last, scheds)
 
 def cos_1cycle_anneal(start, high, end):
     "Cosine up from `start` to `high`, then cosine down to `end`."
@@ -179,18 +191,23 @@ class ParamScheduler(Callback):
 
 # %% ../nbs/05_anneal.ipynb #d57ff299
 class LRFinder(Callback):
-    "Grows the lr exponentially over `num_it` training batches, recording the smoothed loss; stops on divergence."
+    "Grows the lr exponentially over `num_it` training batches, recording the smoothed loss; stops on divergence; restores the learner after."
     order = 2
     def __init__(self, start_lr=1e-7, end_lr=10, num_it=100, stop_div=True, beta=0.98):
         if not 0 < start_lr < end_lr: raise ValueError(f"lr_find needs 0 < start_lr < end_lr, got start_lr={start_lr}, end_lr={end_lr}.")
         if num_it < 2: raise ValueError(f"lr_find needs num_it >= 2, got {num_it}.")
         self.sched, self.num_it, self.stop_div, self.beta = sched_exp(start_lr, end_lr), num_it, stop_div, beta
-    def before_fit(self): self.lrs, self.losses, self.best, self.avg = [], [], math.inf, 0.
+    def before_fit(self):
+        self.lrs, self.losses, self.best, self.avg = [], [], math.inf, 0.
+        learn = self.learn
+        self.snap = dict(model=copy.deepcopy(learn.model.state_dict()), opt=copy.deepcopy(learn.opt.state_dict()),
+                         cbs=copy.deepcopy(_cb_states(learn)), rng=torch.get_rng_state(), training=learn.model.training)
     def before_batch(self):
         if self.learn.training: self.learn.set_hyper('lr', self.sched(self.learn.train_iter / (self.num_it - 1)))
+    def _batch_loss(self): return float(self.learn.loss.detach())
     def after_loss(self):
         if not self.learn.training: return
-        self.avg = self.beta * self.avg + (1 - self.beta) * float(self.learn.loss.detach())
+        self.avg = self.beta * self.avg + (1 - self.beta) * self._batch_loss()
         smooth = self.avg / (1 - self.beta ** (len(self.losses) + 1))
         self.lrs.append(self.learn.opt.param_groups[-1]['lr']); self.losses.append(smooth)
         if not math.isfinite(smooth) or (self.stop_div and smooth > 4 * self.best): raise CancelFitException()
@@ -198,6 +215,15 @@ class LRFinder(Callback):
     def after_batch(self):
         if self.learn.train_iter >= self.num_it: raise CancelFitException()
     def before_validate(self): raise CancelValidException()
+    def after_fit(self):
+        "Put back the weights, the optimizer's state, the callbacks' states (a loss scaler's), the RNG and the train/eval mode."
+        learn, snap = self.learn, self.snap
+        learn.opt.zero_grad()
+        learn.model.load_state_dict(snap['model'])
+        learn.opt.load_state_dict(snap['opt'])
+        for name, sd in snap['cbs'].items(): getattr(learn, name).load_state_dict(sd)
+        torch.set_rng_state(snap['rng'])
+        learn.model.train(snap['training'])
 
 # %% ../nbs/05_anneal.ipynb #e8591ba9
 def valley(lrs, losses):
@@ -259,26 +285,22 @@ def plot(self:LRFinder, suggestions=None, ax=None):
     return ax
 
 # %% ../nbs/05_anneal.ipynb #db6be8fe
-def _snapshot(learn):
-    return dict(model=copy.deepcopy(learn.model.state_dict()), opt=copy.deepcopy(learn.opt.state_dict()),
-                rng=torch.get_rng_state(), training=learn.model.training)
-
-def _restore(learn, snap):
-    learn.model.load_state_dict(snap['model'])
-    learn.opt.load_state_dict(snap['opt'])
-    torch.set_rng_state(snap['rng'])
-    learn.model.train(snap['training'])
+_fit_state = ('epochs_done', 'epoch', 'n_epoch', 'start_epoch', 'train_iter', 'pct_train', 'iter', 'n_iter', 'training')
 
 @patch
 def lr_find(self:Learner, start_lr=1e-7, end_lr=10, num_it=100, stop_div=True, show_plot=True, suggest_funcs=(valley,), ax=None):
     "Sweep the lr from `start_lr` to `end_lr`; plot loss vs lr; return the suggestions of `suggest_funcs`; leave the learner as it was."
     finder = LRFinder(start_lr, end_lr, num_it, stop_div)
     n_epoch = math.ceil(num_it / max(len(self.data.train_dl), 1))
-    snap = _snapshot(self)
+    if self.opt is None or not self._opt_fits(): self.create_opt()
+    state = {k: getattr(self, k) for k in _fit_state if hasattr(self, k)}
+    hypers = [{k: pg[k] for k in pg if k != 'params'} for pg in self.opt.param_groups]
     aside = [cb for cb in self.cbs if not cb.run_probe]
     try:
         with self.removed_cbs(aside): self.fit(n_epoch, cbs=[finder])
-    finally: _restore(self, snap)
+    finally:
+        for k, v in state.items(): setattr(self, k, v)
+        for pg, h in zip(self.opt.param_groups, hypers): pg.update(h)
     self.lr_finder_result = finder
     sugg = finder.suggestions(suggest_funcs)
     if show_plot: finder.plot(sugg, ax=ax)
@@ -286,18 +308,22 @@ def lr_find(self:Learner, start_lr=1e-7, end_lr=10, num_it=100, stop_div=True, s
 
 # %% ../nbs/05_anneal.ipynb #2e6937b0
 class CSVLogger(Callback):
-    "The epoch table in the CSV file `fname`, a row per epoch, flushed as written; `append` continues a resumed run's file."
+    "The epoch table in the CSV file `fname`, a row per epoch, flushed as written; `append` adds to the file (a resumed fit replaces its own rows)."
     run_after, run_probe = AvgStatsCallback, False
     def __init__(self, fname='history.csv', append=False): self.fname, self.append, self.file = Path(fname), append, None
 
     def _kept_rows(self, names):
-        "The rows of the existing file for the epochs before this fit's first one, once its columns are checked."
+        "The rows of the existing file this fit keeps, once its columns are checked: all, but those a resumed fit runs again."
         if not (self.append and self.fname.exists()): return []
         with open(self.fname, newline='') as f: old = list(csv.reader(f))
         if old and old[0] != names:
             raise ValueError(f"CSVLogger: {self.fname} has the columns {old[0]}, but this fit's table has {names}; "
                              f"append to another file, or pass append=False to start it again.")
-        return [r for r in old[1:] if r and int(r[0]) < self.learn.start_epoch]
+        rows = [r for r in old[1:] if r]
+        if not self.learn.start_epoch: return rows
+        last = len(rows) - 1
+        while last > 0 and int(rows[last - 1][0]) < int(rows[last][0]): last -= 1
+        return rows[:max(last, 0)] + [r for r in rows[max(last, 0):] if int(r[0]) < self.learn.start_epoch]
 
     def before_fit(self):
         if rank_distrib(): return

@@ -6,7 +6,7 @@
 __all__ = ['ShardSampler', 'num_distrib', 'DistributedTrainer']
 
 # %% ../nbs/18_distributed.ipynb #e9a49722
-import contextlib, copy, os
+import contextlib, copy, gc, os, warnings
 from collections import namedtuple
 from datetime import timedelta
 from functools import partial
@@ -15,8 +15,8 @@ import torch.distributed as dist
 import torch.utils.data as tud
 from torch.nn.parallel import DistributedDataParallel
 from fastcore.basics import patch
-from .minibatch import DataLoader
-from .callbacks import Callback, Learner, AvgStats, rank_distrib, _stack
+from .minibatch import DataLoader, Sampler
+from .callbacks import Callback, Learner, AvgStats, AvgMetric, AccumMetric, rank_distrib, _stack
 from .accel_sgd import TerminateOnNaNCallback
 from .hardware import GradientAccumulation
 
@@ -66,22 +66,40 @@ def _shard(dl, train, device):
     raise TypeError(f"Cannot shard a {type(dl).__name__} across processes; use exp_lib's DataLoader or PyTorch's.")
 
 # %% ../nbs/18_distributed.ipynb #c0d665cf
-def _totals(stats):
-    "float64 `[sum of loss*bs, sum of metric*bs..., count]` of one rank's `AvgStats`."
-    if not stats.bns: return torch.zeros(len(stats.metrics) + 2, dtype=torch.float64)
-    w = torch.tensor(stats.bns, dtype=torch.float64)
-    return torch.stack([(_stack(v).cpu() * w).sum() for v in [stats.losses] + stats.mets] + [w.sum()])
+def _avg_metrics(stats): return [m for m in stats.all if isinstance(m, AvgMetric)]
+def _accum_metrics(stats): return [m for m in stats.all if isinstance(m, AccumMetric)]
 
-def _reduce_stats(stats, all_reduce):
-    "Replace `stats`' per-batch values by totals over all ranks (`all_reduce` adds a tensor up across them): exact averages."
+def _totals(stats):
+    "float64 `[sum of loss*bs, sum of metric*bs..., count]` of one rank's `AvgStats` (its metrics that are averages)."
+    ms = _avg_metrics(stats)
+    if not stats.count: return torch.zeros(len(ms) + 1, dtype=torch.float64)
+    w = torch.tensor(stats.loss.bns, dtype=torch.float64)
+    return torch.stack([(_stack(m.vals).cpu() * w).sum() for m in ms] + [w.sum()])
+
+def _reduce_stats(stats, all_reduce, all_gather):
+    "Make `stats` those of every rank's items: `all_reduce` adds the totals of the averages up, `all_gather` collects the rest."
     t = all_reduce(_totals(stats))
     n = float(t[-1])
-    if n: stats.losses, stats.mets, stats.bns = [t[0] / n], [[m / n] for m in t[1:-1]], [n]
+    if n:
+        for m, total in zip(_avg_metrics(stats), t[:-1]): m.vals, m.bns = [total / n], [n]
+    accs = _accum_metrics(stats)
+    if accs:
+        mine = [(torch.cat(m.preds).cpu(), torch.cat(m.targs).cpu()) if m.preds else None for m in accs]
+        for i, m in enumerate(accs):
+            parts = [every[i] for every in all_gather(mine) if every[i] is not None]
+            m.preds, m.targs = [p for p, _ in parts], [t for _, t in parts]
+    other = [m.name for m in stats.all if not isinstance(m, (AvgMetric, AccumMetric))]
+    if other: warnings.warn(f"The metrics {other} are neither AvgMetric nor AccumMetric, so they report this process's shard only.")
 
 def _all_reduce(t, device):
     t = t.to(device)
     dist.all_reduce(t)
     return t.cpu()
+
+def _all_gather(o):
+    res = [None] * num_distrib()
+    dist.all_gather_object(res, o)
+    return res
 
 # %% ../nbs/18_distributed.ipynb #8677f7fb
 class DistributedTrainer(Callback):
@@ -113,12 +131,13 @@ class DistributedTrainer(Callback):
         if self._no_sync is not None: self._no_sync.__exit__(None, None, None); self._no_sync = None
     after_batch = _sync_again
 
-    def after_train(self): _reduce_stats(self.learn.avg_stats.train_stats, partial(_all_reduce, device=self.learn.device))
-    def after_validate(self): _reduce_stats(self.learn.avg_stats.valid_stats, partial(_all_reduce, device=self.learn.device))
+    def after_train(self): _reduce_stats(self.learn.avg_stats.train_stats, partial(_all_reduce, device=self.learn.device), _all_gather)
+    def after_validate(self): _reduce_stats(self.learn.avg_stats.valid_stats, partial(_all_reduce, device=self.learn.device), _all_gather)
 
     def after_fit(self):
         self._sync_again()
         self.learn.model, self.learn.data, self.learn.logger = self.plain, self.whole_data, self.logger
+        self.ddp = None
 
 # %% ../nbs/18_distributed.ipynb #336f6c5f
 def _in_torchrun(): return all(k in os.environ for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR'))
@@ -139,15 +158,34 @@ def distrib_ctx(self:Learner, backend=None, timeout=timedelta(minutes=5), **ddp_
         if self.device is not None and torch.device(self.device).type == 'cuda': self.device = torch.device('cuda', torch.cuda.current_device())
         with self.added_cbs([DistributedTrainer(**ddp_kwargs)]): yield self
     finally:
-        if started: dist.destroy_process_group()
+        if started:
+            gc.collect()
+            dist.destroy_process_group()
 
 # %% ../nbs/18_distributed.ipynb #b028ea31
+def _with_bs(dl, bs):
+    "`dl` with batches of `bs` items (shuffled, dropping, collating as it does), or None if it cannot be rebuilt."
+    if isinstance(dl, DataLoader) and isinstance(dl.sampler, Sampler):
+        return DataLoader(dl.ds, bs, shuffle=dl.sampler.shuffle, collate_fn=dl.collate_fn, drop_last=dl.drop_last)
+    if isinstance(dl, tud.DataLoader) and dl.batch_size and isinstance(dl.sampler, (tud.RandomSampler, tud.SequentialSampler)):
+        return tud.DataLoader(dl.dataset, bs, shuffle=isinstance(dl.sampler, tud.RandomSampler), collate_fn=dl.collate_fn,
+                              num_workers=dl.num_workers, pin_memory=dl.pin_memory, drop_last=dl.drop_last)
+    return None
+
 _lr_find = Learner.lr_find
 @patch
 def lr_find(self:Learner, *args, **kwargs):
-    "Sweep the lr (see `05_anneal`); in a job of several processes, rank 0 sweeps and every rank gets its suggestions."
+    "Sweep the lr (see `05_anneal`); in a job of several processes, rank 0 sweeps at the job's batch size and every rank gets its suggestions."
     if num_distrib() <= 1 or not dist.is_initialized(): return _lr_find(self, *args, **kwargs)
-    res = [_lr_find(self, *args, **kwargs)._asdict() if rank_distrib() == 0 else None]
+    res = [None]
+    if rank_distrib() == 0:
+        dl = self.data.train_dl
+        big = _with_bs(dl, (dl.bs if isinstance(dl, DataLoader) else dl.batch_size or 1) * num_distrib())
+        if big is None: warnings.warn(f"lr_find cannot rebuild a {type(dl).__name__} with the job's batch size; it sweeps at one process's batch size.")
+        data = self.data
+        if big is not None: self.data = copy.copy(data); self.data.train_dl = big
+        try: res = [_lr_find(self, *args, **kwargs)._asdict()]
+        finally: self.data = data
     dist.broadcast_object_list(res, 0)
     return namedtuple('SuggestedLRs', res[0])(**res[0])
 

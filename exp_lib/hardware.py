@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from fastcore.basics import patch
-from .callbacks import Callback, Learner, CancelBatchException, CancelStepException, apply, defaults
+from .callbacks import Callback, Learner, CancelBatchException, CancelStepException, apply, defaults, _check_positive
 
 # %% ../nbs/17_hardware.ipynb #8e00a988
 def _available(d):
@@ -71,10 +71,6 @@ class SyncCounter(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 # %% ../nbs/17_hardware.ipynb #4e59a363
-def _check_positive(name, v, kind=numbers.Real):
-    if isinstance(v, bool) or not isinstance(v, kind) or not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a {'whole ' if kind is numbers.Integral else ''}number > 0, got {name}={v!r}.")
-
 def to_float(b):
     "`b` with every half-precision tensor (float16, bfloat16) as float32."
     return apply(lambda t: t.float() if t.dtype in (torch.float16, torch.bfloat16) else t, b)
@@ -122,8 +118,10 @@ class MixedPrecision(Callback):
 
     def state_dict(self): return {'scaler': self.scaler.state_dict() if self.scaler is not None else self._saved}
     def load_state_dict(self, sd):
+        "Take the scaler's state of a checkpoint; one saved before any scaler existed means a fresh scaler at the next fit."
         self._saved = sd['scaler']
-        if self.scaler is not None and self._saved is not None: self.scaler.load_state_dict(self._saved); self._saved = None
+        if self._saved is None: self.scaler = None
+        elif self.scaler is not None: self.scaler.load_state_dict(self._saved); self._saved = None
 
 # %% ../nbs/17_hardware.ipynb #777ba938
 @patch
@@ -149,7 +147,7 @@ def to_fp32(self:Learner):
 
 # %% ../nbs/17_hardware.ipynb #994516a9
 class GradientAccumulation(Callback):
-    "Steps once `n_acc` items have been seen, on the sum of their batches' gradients: one step of an `n_acc`-item batch."
+    "Steps once `n_acc` items have been seen, on the mean gradient of the items since the last step: one step of an `n_acc`-item batch."
     run_before = MixedPrecision
     def __init__(self, n_acc=32): _check_positive('n_acc', n_acc, numbers.Integral); self.n_acc = n_acc
     def before_fit(self):
@@ -165,7 +163,7 @@ class GradientAccumulation(Callback):
         step = self.will_step()
         self.count += len(self.learn.yb[0])
         if not step: raise CancelBatchException()
-        if self.count < self.n_acc:
+        if self.count != self.n_acc:
             grads = [p.grad for p in self.learn.model.parameters() if p.grad is not None]
             if grads: torch._foreach_mul_(grads, self.n_acc / self.count)
         self.count = 0

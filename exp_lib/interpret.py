@@ -15,14 +15,19 @@ from fastcore.basics import patch
 class ClassificationInterpretation:
     "What a classifier gets wrong on a DataLoader: its confusion matrix, the classes it confuses, the items with the largest losses."
     def __init__(self, inputs, preds, targs, losses, vocab=None):
+        if preds.dim() != 2 or targs is None or targs.is_floating_point() or targs.shape != preds.shape[:1]:
+            raise ValueError(f"ClassificationInterpretation needs class scores of shape (n, classes) and integer class targets of shape (n,); "
+                             f"got predictions of shape {tuple(preds.shape)} and targets "
+                             f"{'none' if targs is None else f'{targs.dtype} of shape {tuple(targs.shape)}'}. A regression has no confusion matrix.")
         self.inputs, self.preds, self.targs, self.losses = inputs, preds, targs, losses
         self.vocab = [str(i) for i in range(preds.shape[-1])] if vocab is None else list(vocab)
         if len(self.vocab) != preds.shape[-1]: raise ValueError(f"vocab has {len(self.vocab)} names for {preds.shape[-1]} classes.")
 
     @classmethod
-    def from_learner(cls, learn, dl=None, vocab=None):
-        "The interpretation of `learn`'s predictions on `dl` (default: the validation set)."
-        return cls(*learn.get_preds(dl, with_input=True, with_loss=True), vocab=vocab)
+    def from_learner(cls, learn, ds_idx=1, dl=None, vocab=None):
+        "The interpretation of `learn`'s predictions on `dl` (default: `learn.data[ds_idx]`, the validation set); `vocab` names the classes."
+        vocab = vocab if vocab is not None else getattr(learn.data, 'vocab', None)
+        return cls(*learn.get_preds(ds_idx, dl, with_input=True, with_loss=True), vocab=vocab)
 
     @property
     def decoded(self): return self.preds.argmax(-1)

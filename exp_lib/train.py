@@ -194,7 +194,7 @@ def _train(learn, args, out, meta):
         else: plt.close(fig)
     elif args.lr is not None: learn.lr = args.lr
     meta['lr_used'] = learn.lr
-    if args.wd is not None: learn.set_hyper('wd', args.wd)
+    if args.wd is not None: learn.wd = args.wd
     learn.fit_one_cycle(args.epochs, start_epoch=start) if args.sched == 'one_cycle' else learn.fit(args.epochs, start_epoch=start)
     _check_finite(learn)
     if not rank0: return []

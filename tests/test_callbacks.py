@@ -88,3 +88,28 @@ def syncs(n, bf16=False, **kw):
 def test_syncs_do_not_grow_with_the_number_of_batches(kw):
     "The default learner (device, Recorder, schedules, metrics), with or without bf16, accumulation and clipping, syncs per epoch, never per batch."
     assert syncs(640, **kw) == syncs(6400, **kw)
+
+EXPORTED = """
+import sys, torch
+from exp_lib.all import load_learner
+learn = load_learner(sys.argv[1])
+xs = torch.load(sys.argv[2], weights_only=True)
+torch.save(torch.stack([learn.predict(x)[2] for x in xs]), sys.argv[3])
+print(learn.data.c, learn.opt, int(learn.predict(xs[0])[0]))
+"""
+
+def test_an_exported_learner_predicts_the_same_in_a_fresh_process(tmp_path):
+    "fastai's export/load_learner: the learner comes back without data or optimizer state and predicts as the exporting one."
+    import subprocess
+    torch.manual_seed(0)
+    learn = Learner(mlp(), data(), metrics=[accuracy, error_rate], progress=False, logger=lambda r: None, cbs=[SaveModelCallback(path=tmp_path)])
+    learn.fit_one_cycle(1)
+    learn.export(tmp_path/'export.pkl')
+    xs = torch.randn(5, 784)
+    torch.save(xs, tmp_path/'xs.pt')
+    p = subprocess.run([sys.executable, '-c', EXPORTED, str(tmp_path/'export.pkl'), str(tmp_path/'xs.pt'), str(tmp_path/'probs.pt')],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    c, opt, first = p.stdout.split()
+    assert (c, opt) == ('10', 'None') and int(first) == int(learn.predict(xs[0])[1])
+    assert torch.equal(torch.load(tmp_path/'probs.pt', weights_only=True), torch.stack([learn.predict(x)[2] for x in xs]))
