@@ -6,8 +6,9 @@
 __all__ = []
 
 # %% ../nbs/99_all.ipynb #06f9b838
-from . import data, minibatch, callbacks, anneal, accel_sgd, hardware, distributed, interpret
+from . import data, init, minibatch, callbacks, anneal, accel_sgd, hardware, distributed, interpret
 from .data import *
+from .init import *
 from .minibatch import *
 from .callbacks import *
 from .anneal import *
@@ -16,4 +17,4 @@ from .hardware import *
 from .distributed import *
 from .interpret import *
 from .train import make_model
-__all__ = [n for m in (data, minibatch, callbacks, anneal, accel_sgd, hardware, distributed, interpret) for n in m.__all__ if n != 'fit'] + ['make_model']
+__all__ = [n for m in (data, init, minibatch, callbacks, anneal, accel_sgd, hardware, distributed, interpret) for n in m.__all__ if n != 'fit'] + ['make_model']
