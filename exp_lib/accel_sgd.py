@@ -10,7 +10,7 @@ __all__ = ['optimizer_choices', 'ParamGroup', 'Optimizer', 'sgd_step', 'average_
            'RNNRegularizer', 'compare_optimizers', 'plot_comparison']
 
 # %% ../nbs/16_accel_sgd.ipynb #e85b81bd
-import math, numbers, time
+import inspect, math, numbers, time
 from collections import namedtuple
 from collections.abc import MutableMapping
 from functools import partial
@@ -520,6 +520,10 @@ class OptimWrapper:
             n = len(params) if params and isinstance(params[0], dict) else 1
             if 'lr' in ours: kwargs['lr'] = _per_group(ours['lr'], n, 'lr', 'OptimWrapper')[-1]
             self.opt = opt(params, **kwargs)
+        closure = inspect.signature(self.opt.step).parameters.get('closure')
+        if closure is not None and closure.default is inspect.Parameter.empty:
+            raise TypeError(f"{type(self.opt).__name__} needs a closure at every step that computes the loss again, which a training loop of "
+                            f"batches does not give; use an optimizer that steps on the gradients it is given, e.g. torch.optim.AdamW or Adam.")
         self.hp_map, self._views = _hp_map(self.opt.param_groups[0]), []
         for k, v in ours.items():
             if k not in self.hp_map: raise KeyError(f"{type(self.opt).__name__} has no hyper {k!r}; it has {sorted(self.hp_map)}.")
@@ -680,6 +684,6 @@ def compare_optimizers(make_learner, names, n_epoch, sched='one_cycle', seed=42,
 def plot_comparison(recorders, ax=None, skip_start=5):
     "Smoothed training loss of each optimizer in `recorders`, overlaid."
     ax = ax or plt.subplots(figsize=(7, 4))[1]
-    for name, rec in recorders.items(): ax.plot(range(skip_start, len(rec.losses)), rec.smooth_losses[skip_start:], label=name)
+    for name, rec in recorders.items(): ax.plot(range(skip_start, len(rec.losses)), rec.smooth_losses[skip_start:].tolist(), label=name)
     ax.set_xlabel('batch'); ax.set_ylabel('training loss (smoothed)'); ax.legend()
     return ax

@@ -7,7 +7,7 @@ __all__ = ['Recorder', 'annealer', 'sched_lin', 'sched_cos', 'sched_no', 'sched_
            'ParamScheduler', 'LRFinder', 'valley', 'minimum', 'steep', 'slide', 'CSVLogger', 'TensorBoardCallback']
 
 # %% ../nbs/05_anneal.ipynb #e165d77e
-import copy, csv, functools, math, os, statistics
+import copy, csv, functools, math, numbers, os, statistics
 from pathlib import Path
 from bisect import bisect_right
 from collections import namedtuple
@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 from fastcore.basics import patch
 from .minibatch import accuracy
 from .callbacks import (Callback, Learner, TrainEvalCallback, ProgressCallback, AvgStatsCallback,
-                               CancelFitException, CancelValidException, defaults, rank_distrib, _cb_states)
+                               CancelFitException, CancelValidException, defaults, rank_distrib, _cb_states, ensure_folder)
 
 # %% ../nbs/05_anneal.ipynb #461b27dd
 class Recorder(Callback):
@@ -67,7 +67,7 @@ class Recorder(Callback):
 def plot_loss(self:Recorder, skip_start=5, with_valid=True, ax=None):
     "Smoothed training loss per batch (from batch `skip_start`) and, if `with_valid`, the validation loss per epoch."
     ax = ax or plt.subplots(figsize=(6, 4))[1]
-    ax.plot(range(skip_start, len(self.losses)), self.smooth_losses[skip_start:], label='train (smoothed)')
+    ax.plot(range(skip_start, len(self.losses)), self.smooth_losses[skip_start:].tolist(), label='train (smoothed)')
     valid = [(e, m['valid_loss']) for e, m in zip(self.epoch_ends, self.metrics) if m['valid_loss'] == m['valid_loss']]
     if with_valid and valid: ax.plot(*zip(*valid), 'o-', label='valid')
     ax.set_xlabel('batch'); ax.set_ylabel('loss'); ax.legend()
@@ -195,7 +195,8 @@ class LRFinder(Callback):
     order = 2
     def __init__(self, start_lr=1e-7, end_lr=10, num_it=100, stop_div=True, beta=0.98):
         if not 0 < start_lr < end_lr: raise ValueError(f"lr_find needs 0 < start_lr < end_lr, got start_lr={start_lr}, end_lr={end_lr}.")
-        if num_it < 2: raise ValueError(f"lr_find needs num_it >= 2, got {num_it}.")
+        if isinstance(num_it, bool) or not isinstance(num_it, numbers.Integral) or num_it < 10:
+            raise ValueError(f"lr_find needs num_it, a whole number >= 10 (the batches of the curve it suggests from), got num_it={num_it!r}.")
         self.sched, self.num_it, self.stop_div, self.beta = sched_exp(start_lr, end_lr), num_it, stop_div, beta
     def before_fit(self):
         self.lrs, self.losses, self.best, self.avg = [], [], math.inf, 0.
@@ -329,11 +330,16 @@ class CSVLogger(Callback):
         if rank_distrib(): return
         names = self.learn.avg_stats.names
         rows = self._kept_rows(names)
-        self.fname.parent.mkdir(parents=True, exist_ok=True)
+        ensure_folder(self.fname.parent, self.fname)
         tmp = self.fname.with_name(f'.{self.fname.name}.{os.getpid()}.tmp')
-        with open(tmp, 'w', newline='') as f: csv.writer(f).writerows([names] + rows)
-        os.replace(tmp, self.fname)
-        self.file = open(self.fname, 'a', newline='')
+        try:
+            with open(tmp, 'w', newline='') as f: csv.writer(f).writerows([names] + rows)
+            os.replace(tmp, self.fname)
+            self.file = open(self.fname, 'a', newline='')
+        except OSError as e:
+            raise OSError(f"CSVLogger cannot write {self.fname}: {e.strerror or e}. Give it a path in a folder you can write to.") from None
+        finally:
+            if tmp.exists(): tmp.unlink()
         self.writer = csv.writer(self.file)
 
     def after_epoch(self):

@@ -8,8 +8,8 @@ __all__ = ['DataLoaders', 'event', 'defaults', 'rmse', 'DataBunch', 'CancelBatch
            'CancelFitException', 'Callback', 'sort_by_run', 'params', 'trainable_params', 'norm_bias_params', 'apply',
            'to_detach', 'rank_distrib', 'print_row', 'Learner', 'TrainEvalCallback', 'Metric', 'AvgMetric', 'AvgLoss',
            'AccumMetric', 'mk_metric', 'error_rate', 'mae', 'AvgStats', 'AvgStatsCallback', 'ProgressCallback',
-           'GatherPreds', 'atomic_save', 'checkpoint_meta', 'load_learner', 'TrackerCallback', 'SaveModelCallback',
-           'EarlyStoppingCallback', 'ReduceLROnPlateau']
+           'GatherPreds', 'ensure_folder', 'atomic_save', 'checkpoint_meta', 'load_learner', 'TrackerCallback',
+           'SaveModelCallback', 'EarlyStoppingCallback', 'ReduceLROnPlateau']
 
 # %% ../nbs/04_callbacks.ipynb #6c9a4f58
 import contextlib, difflib, math, numbers, operator, os, pickle, random, re, sys, time, warnings
@@ -24,7 +24,7 @@ from torch import nn, optim
 from fastcore.basics import patch
 from fastprogress.fastprogress import (master_bar, progress_bar, NBMasterBar, NBProgressBar, ConsoleMasterBar,
                                        ConsoleProgressBar)
-from .minibatch import DataLoader, Dataset, accuracy, flatten_check, get_dls, cross_entropy
+from .minibatch import DataLoader, Dataset, accuracy, flatten_check, get_dls, cross_entropy, _check_positive
 
 # %% ../nbs/04_callbacks.ipynb #c5efbb85
 def _dataset(dl):
@@ -265,12 +265,6 @@ def _per_group(v, n, name, where='set_hyper'):
     if len(vals) != n: raise ValueError(f"{where}: {len(vals)} values given for {name!r} but the optimizer has {n} parameter groups.")
     return [_check_hyper(name, o, where) for o in vals]
 
-def _check_positive(name, v, kind=numbers.Real, where=None):
-    "Refuse anything but a finite number > 0 (a whole one if `kind` is `numbers.Integral`) for the setting `name`."
-    if isinstance(v, bool) or not isinstance(v, kind) or not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{where + ': ' if where else ''}{name} must be a {'whole ' if kind is numbers.Integral else 'finite '}number > 0, "
-                         f"got {name}={v!r}.")
-
 def _check_spread(name, v, where):
     "`v`, a hyper given before the number of groups is known (a number, a list or a slice), after checking its values."
     vals = [v.start, v.stop] if isinstance(v, slice) else list(v) if isinstance(v, (list, tuple)) else [v]
@@ -299,6 +293,9 @@ class Learner:
             raise TypeError("Learner takes (model, data), in the lesson's order, where fastai's takes (dls, model): swap the first two arguments.")
         self.model, self.data, self.loss_func, self.splitter, self.logger = model, data, loss_func, splitter, logger
         self.opt_func, self.device, self.opt = opt_func or defaults.opt_func, device, None
+        if not callable(self.opt_func):
+            raise TypeError(f"opt_func must be a function that makes an optimizer from parameters, such as Adam or torch.optim.AdamW; "
+                            f"got {self.opt_func!r}.")
         self.lr = _check_spread('lr', defaults.lr if lr is None else lr, 'Learner')
         self.wd = None if wd is None else _check_spread('wd', wd, 'Learner')
         self.wd_bn_bias, self.train_bn, self.moms = wd_bn_bias, train_bn, moms
@@ -347,7 +344,8 @@ class Learner:
     def _step(self): self.opt.step()
 
     def _do_one_batch(self):
-        self.pred = self.model(*self.xb);                 self('after_pred')
+        self.pred = self._first_pred() if self._loss_unchecked else self.model(*self.xb)
+        self('after_pred')
         if self.yb:
             self.loss_grad = self._first_loss() if self._loss_unchecked else self._loss()
             self.loss = self.loss_grad.detach().clone()
@@ -386,6 +384,12 @@ class Learner:
         _check_epochs(n_epoch, start_epoch)
         if not len(self.data.train_dl):
             raise ValueError("The training DataLoader yields no batch (its dataset is empty, or drop_last drops the only batch); give it at least bs items.")
+        if self.data.valid_dl is not None and not len(self.data.valid_dl):
+            raise ValueError("The validation DataLoader yields no batch (its dataset is empty), so every valid_loss would be NaN; give it "
+                             "items, or make the DataBunch with valid_dl=None to train without validation.")
+        if not any(p.requires_grad for p in self.model.parameters()):
+            raise ValueError("No parameter of the model trains (each has requires_grad=False, or there are none), so a fit would change "
+                             "nothing; unfreeze some first (learn.unfreeze(), or p.requires_grad_(True)).")
         if reset_opt or self.opt is None or not self._opt_fits(): self.create_opt()
         wd = self.wd if wd is None else wd
         if wd is not None: self.set_hyper('wd', wd)
@@ -415,6 +419,17 @@ def _check_epochs(n_epoch, start_epoch):
 def _loss(self:Learner):
     try: return self.loss_func(self.pred, *self.yb)
     except (RuntimeError, ValueError, IndexError) as e: raise _loss_error(self, e) from e
+
+@patch
+def _first_pred(self:Learner):
+    "The model's output on the first batch of a fit, with PyTorch's error on inputs of another dtype than the model's made clear."
+    try: return self.model(*self.xb)
+    except RuntimeError as e:
+        p = next(self.model.parameters(), None)
+        bad = [t.dtype for t in self.xb if isinstance(t, torch.Tensor) and t.is_floating_point() and p is not None and t.dtype != p.dtype]
+        if not bad: raise
+        raise TypeError(f"The inputs are {bad[0]} but the model's parameters are {p.dtype}, and the model cannot mix them. Convert the data "
+                        f"(e.g. Dataset(x.float(), y)) or the model (model.to({bad[0]})).") from e
 
 @patch
 def _first_loss(self:Learner):
@@ -763,7 +778,7 @@ def no_logging(self:Learner):
     finally: self.logger = old
 
 # %% ../nbs/04_callbacks.ipynb #0be101ae
-_loop_state = ('dl', 'training', 'iter', 'n_iter', 'xb', 'yb', 'pred', 'loss', 'loss_grad', '_n_inp')
+_loop_state = ('dl', 'training', 'iter', 'n_iter', 'xb', 'yb', 'pred', 'loss', 'loss_grad', '_n_inp', '_loss_unchecked')
 
 @patch
 def _infer(self:Learner, dl, cbs=(), n_inp=None):
@@ -772,7 +787,7 @@ def _infer(self:Learner, dl, cbs=(), n_inp=None):
     aside = [cb for cb in self.cbs if not cb.run_probe or isinstance(cb, ProgressCallback)]
     try:
         with self.removed_cbs(aside), self.added_cbs(cbs), torch.no_grad():
-            self._n_inp = n_inp or getattr(self.data, 'n_inp', None)
+            self._n_inp, self._loss_unchecked = n_inp or getattr(self.data, 'n_inp', None), True
             self._do_phase(dl, False, 'validate', CancelValidException)
     finally:
         for k, v in state.items(): setattr(self, k, v)
@@ -915,14 +930,28 @@ def predict(self:Learner, item):
 # %% ../nbs/04_callbacks.ipynb #a24cb042
 _CKPT_FORMAT = 'exp_lib checkpoint 1'
 
+def ensure_folder(folder, what):
+    "Make `folder` (and its parents) for writing `what`; an `OSError` naming the path that stands in the way, and why, if it cannot be."
+    folder = Path(folder)
+    for a in (folder, *folder.parents):
+        if a.exists() or a.is_symlink():
+            if not a.is_dir(): raise NotADirectoryError(f"Cannot write {what}: {a} is a file, not a folder.")
+            break
+    try: folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise OSError(f"Cannot write {what}: cannot make the folder {folder} ({e.strerror or e}).") from None
+    return folder
+
 def atomic_save(obj, path):
     "`torch.save` `obj` to `path` through a temporary file and a rename, so `path` is never half-written."
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(path.parent, path)
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else 'the file system refused the file'
+        raise OSError(f"Cannot write {path}: {reason}. Save to a folder you can write to.") from None
     finally:
         if tmp.exists(): tmp.unlink()
     return path
@@ -953,8 +982,16 @@ def _read_checkpoint(path):
     "The checkpoint dict in `path`, onto the CPU, after checking it is one (and without running any code it may hold)."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"No checkpoint at {path} (no such file); check the path, or write one first with learn.save(path).")
-    try: ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise ValueError(f"{path} is not an exp_lib checkpoint: torch.load failed ({type(e).__name__}: {str(e)[:200]}).") from e
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        if isinstance(e, pickle.UnpicklingError) and 'unsupported global' in str(e).lower():
+            raise ValueError(f"{path} is not an exp_lib checkpoint: it holds Python objects besides tensors and plain values, which a "
+                             f"checkpoint never does; exp_lib does not load them.") from None
+        raise ValueError(f"{path} is not an exp_lib checkpoint: it is not a complete file written by torch.save (it may be cut short, "
+                         f"or another kind of file).") from None
     if not isinstance(ckpt, dict) or ckpt.get('format') != _CKPT_FORMAT:
         raise ValueError(f"{path} is not an exp_lib checkpoint (no '{_CKPT_FORMAT}' marker); it may hold bare weights: use model.load_state_dict(torch.load(path)).")
     return ckpt

@@ -53,7 +53,7 @@ def _show(ax, x):
     x = x.detach().float().cpu()
     if x.numel() == 784: x = x.view(28, 28)
     elif x.dim() == 3 and x.shape[0] in (1, 3): x = x.permute(1, 2, 0).squeeze(-1)
-    if x.dim() == 2 or (x.dim() == 3 and x.shape[-1] == 3): ax.imshow(x, cmap='gray_r' if x.dim() == 2 else None)
+    if x.dim() == 2 or (x.dim() == 3 and x.shape[-1] == 3): ax.imshow(x.numpy(), cmap='gray_r' if x.dim() == 2 else None)
     else: ax.text(0.5, 0.5, ', '.join(f'{v:.2f}' for v in x.flatten()[:4].tolist()), ha='center', va='center', fontsize=8)
     ax.axis('off')
 
@@ -64,7 +64,7 @@ def plot_confusion_matrix(self:ClassificationInterpretation, normalize=False, ti
     if normalize: cm = cm / cm.sum(1, keepdim=True).clamp(min=1)
     c = len(cm)
     ax = ax or plt.subplots(figsize=(0.6 * c + 2, 0.6 * c + 2))[1]
-    ax.imshow(cm, cmap=cmap)
+    ax.imshow(cm.numpy(), cmap=cmap)
     ax.set_xticks(range(c), self.vocab); ax.set_yticks(range(c), self.vocab)
     for i in range(c):
         for j in range(c):

@@ -7,7 +7,7 @@ __all__ = ['logsumexp', 'log_softmax', 'nll', 'cross_entropy', 'flatten_check', 
            'DataLoader', 'get_dls', 'fit']
 
 # %% ../nbs/03_minibatch.ipynb #c7b4ba36
-import math
+import math, numbers
 import torch
 import torch.nn.functional as F
 
@@ -45,20 +45,33 @@ def accuracy(out, yb):
     return (pred == targ).float().mean()
 
 # %% ../nbs/03_minibatch.ipynb #04fc9269
+def _as_tensor(v):
+    "`v` as a tensor if it is a NumPy array or a list of numbers (floats as torch's default dtype, float32, as models are); else as it is."
+    if isinstance(v, torch.Tensor) or not (hasattr(v, '__array__') or isinstance(v, (list, tuple))): return v
+    try: t = torch.as_tensor(v)
+    except (TypeError, ValueError, RuntimeError): return v
+    return t.to(torch.get_default_dtype()) if t.is_floating_point() else t
+
 class Dataset:
-    "Pairs inputs `x` with targets `y`; indexing returns `(x[i], y[i])`."
+    "Pairs inputs `x` with targets `y`; indexing returns `(x[i], y[i])`. NumPy arrays and lists of numbers become tensors."
     def __init__(self, x, y):
         if len(x) != len(y): raise ValueError(f"Dataset needs as many targets as inputs: got {len(x)} inputs and {len(y)} targets.")
-        self.x, self.y = x, y
+        self.x, self.y = _as_tensor(x), _as_tensor(y)
     def __len__(self): return len(self.x)
     def __getitem__(self, i): return self.x[i], self.y[i]
     def __repr__(self): return f"Dataset(n={len(self)})"
 
 # %% ../nbs/03_minibatch.ipynb #e0502f87
+def _check_positive(name, v, kind=numbers.Real, where=None):
+    "Refuse anything but a finite number > 0 (a whole one if `kind` is `numbers.Integral`) for the setting `name`."
+    if isinstance(v, bool) or not isinstance(v, kind) or not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{where + ': ' if where else ''}{name} must be a {'whole ' if kind is numbers.Integral else 'finite '}number > 0, "
+                         f"got {name}={v!r}.")
+
 class Sampler:
     "Yields batches of `bs` indices into `ds`: in order, or a fresh permutation every epoch when `shuffle`."
     def __init__(self, ds, bs, shuffle=False):
-        if int(bs) < 1: raise ValueError(f"Sampler needs a batch size of at least 1, got bs={bs}.")
+        _check_positive('bs', bs, numbers.Integral, 'Sampler')
         self.n, self.bs, self.shuffle = len(ds), int(bs), shuffle
     def __iter__(self):
         idxs = torch.randperm(self.n) if self.shuffle else torch.arange(self.n)

@@ -6,7 +6,7 @@
 __all__ = ['make_model', 'build_parser', 'train_once', 'write_table', 'run_compare', 'main']
 
 # %% ../nbs/20_train.ipynb #5ad6f865
-import argparse, csv, math, os, subprocess, sys, time
+import argparse, csv, ctypes, math, os, signal, subprocess, sys, threading, time
 from functools import partial
 from pathlib import Path
 import torch
@@ -15,7 +15,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 from .data import get_mnist
 from .minibatch import Dataset, accuracy, get_dls
-from .callbacks import Callback, DataBunch, Learner, AvgStatsCallback, checkpoint_meta, rank_distrib
+from .callbacks import Callback, DataBunch, Learner, AvgStatsCallback, checkpoint_meta, rank_distrib, ensure_folder
 from .anneal import CSVLogger, TensorBoardCallback
 from .interpret import ClassificationInterpretation
 from .distributed import num_distrib
@@ -92,11 +92,11 @@ class _UsageError(Exception): pass
 
 def _probe(folder, what, option):
     "Make `folder` and check that a file can be written in it; a `_UsageError` naming `option` otherwise."
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder/f'.exp_lib_write_test.{os.getpid()}'
-        probe.write_text(''); probe.unlink()
-    except OSError as e: raise _UsageError(f"cannot write {what} in {folder} ({e.strerror or e}); pass {option} with a writable path") from None
+    try: ensure_folder(folder, what)
+    except OSError as e: raise _UsageError(f"{option}: {e} Pass {option} a path you can write to.") from None
+    probe = folder/f'.exp_lib_write_test.{os.getpid()}'
+    try: probe.write_text(''); probe.unlink()
+    except OSError as e: raise _UsageError(f"{option}: cannot write {what} in {folder} ({e.strerror or e}). Pass {option} a path you can write to.") from None
 
 def _out_dir(path):
     out = Path(path)
@@ -108,6 +108,11 @@ def _ckpt_path(path, option):
     if p.is_dir(): raise _UsageError(f"{option} {p} is a folder; give the checkpoint's file name, e.g. {p/'model.pt'}")
     _probe(p.parent, f'the checkpoint {p.name}', option)
     return p
+
+def _log_dir(path):
+    out = Path(path)
+    _probe(out, 'the TensorBoard logs', '--tensorboard')
+    return out
 
 def _tensorboard(log_dir):
     try: return TensorBoardCallback(log_dir)
@@ -130,11 +135,16 @@ def _savefig(fig, path):
 # %% ../nbs/20_train.ipynb #08eb9f2b
 class _Diverged(Exception): pass
 
-def _check_finite(learn, what=''):
+def _check_trained(learn, what=''):
+    "Raise `_Diverged` if the training loss became NaN, or rose far above its minimum (4x, and above where it began, as lr_find judges)."
     if getattr(learn, 'nan_at', None) is not None:
         epoch, batch = learn.nan_at
         raise _Diverged(f"the training loss{what} became NaN or infinite at epoch {epoch}, batch {batch}; "
                         f"training stopped there. Try a lower --lr (it was {learn.lr:g}).")
+    s = learn.recorder.smooth_losses
+    if len(s) > 1 and s[-1] > 4 * s.min() and s[-1] > s[0]:
+        raise _Diverged(f"the training loss{what} rose far above its minimum (from {float(s.min()):.3g} to {float(s[-1]):.3g}): "
+                        f"training diverged without reaching NaN. Try a lower --lr (it was {learn.lr:g}).")
 
 def _learner_for(args, data, opt_func, lr, cbs=(), **kwargs):
     "A learner for `args`: the model, device, precision, accumulation and clipping they ask for, stopping on a NaN loss."
@@ -196,7 +206,7 @@ def _train(learn, args, out, meta):
     meta['lr_used'] = learn.lr
     if args.wd is not None: learn.wd = args.wd
     learn.fit_one_cycle(args.epochs, start_epoch=start) if args.sched == 'one_cycle' else learn.fit(args.epochs, start_epoch=start)
-    _check_finite(learn)
+    _check_trained(learn)
     if not rank0: return []
     what = f"{args.arch}, {args.opt}, lr {learn.lr:.3g}, {args.epochs} epochs" + (f", {num_distrib()} processes" if num_distrib() > 1 else '')
     written.append(_savefig(learn.recorder.plot_loss().figure, out/'loss.png'))
@@ -222,7 +232,7 @@ def write_table(rows, out):
 def run_compare(args, data, out):
     "The chapter's optimizer comparison; returns the rows and the paths written."
     rows, recs = compare_optimizers(partial(_learner_for, args, data, logger=lambda row: None, progress=not args.no_progress), args.compare, args.epochs, sched=args.sched, seed=args.seed, lr=args.lr, wd=args.wd)
-    for name, rec in recs.items(): _check_finite(rec.learn, f" of {name}")
+    for name, rec in recs.items(): _check_trained(rec.learn, f" of {name}")
     print(write_table(rows, out), end='')
     fig, ax = plt.subplots(figsize=(7, 4))
     plot_comparison(recs, ax=ax)
@@ -238,10 +248,80 @@ def _without_nproc(argv):
         elif not a.startswith('--nproc='): res.append(a)
     return res
 
+def _die_with_parent():
+    "Ask Linux to send this process SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG), so it cannot outlive it; elsewhere do nothing."
+    if sys.platform.startswith('linux'): ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+# torchrun, started so that it dies with this command: it asks for SIGTERM on its parent's death before it starts anything
+_TORCHRUN = """import ctypes, os, runpy, signal, sys
+parent = int(sys.argv.pop(1))
+if sys.platform.startswith('linux'): ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+if os.getppid() != parent: sys.exit(143)
+sys.argv[0] = 'torchrun'
+runpy.run_module('torch.distributed.run', run_name='__main__')"""
+
+class _Stopped(BaseException):
+    "The command was asked to stop by SIGTERM (a job scheduler, an IDE's stop button, `docker stop`, `timeout`)."
+    def __init__(self, signum): super().__init__(signum); self.signum = signum
+
+def _raise_stopped(signum, frame): raise _Stopped(signum)
+
+def _running(pid):
+    "Whether process `pid` runs, as /proc says (a zombie has ended; without /proc, nothing is known to run)."
+    try: return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'
+    except (OSError, IndexError): return False
+
+def _descendants(pid):
+    "The pids of every process under `pid` (read from /proc; none where there is no /proc)."
+    children = {}
+    for d in Path('/proc').glob('[0-9]*'):
+        try: children.setdefault(int((d/'stat').read_text().rsplit(')', 1)[1].split()[1]), []).append(int(d.name))
+        except (OSError, IndexError, ValueError): continue
+    res, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        res += kids; todo += kids
+    return res
+
+def _signal_all(pids, sig):
+    for pid in pids:
+        try: os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError): pass
+
+def _stop(proc, grace=5.):
+    "End torchrun and every process under it: SIGTERM, then SIGKILL to whatever still runs after `grace` seconds."
+    pids = [proc.pid] + _descendants(proc.pid)
+    _signal_all(pids, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        proc.poll()
+        if not any(_running(p) for p in pids): break
+        time.sleep(0.05)
+    _signal_all([p for p in pids if _running(p)], signal.SIGKILL)
+    proc.wait()
+
+def _relay(stream, quiet):
+    "Copy the lines of `stream` to stderr, until `quiet` is set (a stop is under way: what the stopping processes print is noise)."
+    for line in iter(stream.readline, b''):
+        if not quiet.is_set(): sys.stderr.buffer.write(line); sys.stderr.flush()
+
 def _launch(args, argv):
-    "Run this command on `args.nproc` local processes under torchrun; its exit status."
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={args.nproc}', '-m', 'exp_lib.train', *_without_nproc(argv)]
-    return subprocess.run(cmd).returncode
+    "Run this command on `args.nproc` local processes under torchrun; its exit status. A signal to this process ends them all."
+    cmd = [sys.executable, '-c', _TORCHRUN, str(os.getpid()), '--standalone', f'--nproc_per_node={args.nproc}', '-m', 'exp_lib.train',
+           *_without_nproc(argv)]
+    env = {**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1')}
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, start_new_session=True)
+    quiet = threading.Event()
+    relay = threading.Thread(target=_relay, args=(proc.stderr, quiet), daemon=True)
+    relay.start()
+    try: code = proc.wait()
+    except (KeyboardInterrupt, _Stopped):
+        quiet.set()
+        for s in (signal.SIGINT, signal.SIGTERM): signal.signal(s, signal.SIG_IGN)
+        _stop(proc)
+        raise
+    relay.join()
+    return code
 
 def main(argv=None):
     "Entry point of `exp_lib_train`; returns the exit code."
@@ -249,6 +329,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     matplotlib.use('Agg')
     rank0 = not rank_distrib()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    if 'LOCAL_RANK' in os.environ: _die_with_parent()
     try:
         for opt in ('save', 'checkpoint_every_epoch', 'resume', 'tensorboard'):
             if args.compare and getattr(args, opt):
@@ -257,6 +340,7 @@ def main(argv=None):
         out = _out_dir(args.out)
         if args.save: args.save = _ckpt_path(args.save, '--save')
         if args.checkpoint_every_epoch: args.checkpoint_every_epoch = _ckpt_path(args.checkpoint_every_epoch, '--checkpoint-every-epoch')
+        if args.tensorboard: args.tensorboard = _log_dir(args.tensorboard)
         args.device = _device(args.device)
         data = _load_data(args.data, args.bs)
         if args.resume: _resume_from(args)
@@ -272,8 +356,13 @@ def main(argv=None):
         if rank0: print(f"exp_lib_train: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("exp_lib_train: interrupted", file=sys.stderr)
+        if rank0: print("exp_lib_train: interrupted", file=sys.stderr)
         return 130
+    except _Stopped as e:
+        if rank0: print(f"exp_lib_train: stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
+        return 128 + e.signum
+    finally:
+        for s, h in handlers.items(): signal.signal(s, h)
     if rank0: print("wrote " + ', '.join(str(o) for o in written))
     return 0
 

@@ -76,11 +76,12 @@ def test_a_diverging_run_exits_1_naming_epoch_and_batch(cli, tmp_path):
     (['--epochs', '0'], 'must be a whole number > 0, got 0'),
     (['--bs', '-3'], 'must be a whole number > 0, got -3'),
     (['--save', '{tmp}'], 'is a folder; give the checkpoint'),
-    (['--save', '{tmp}/notes.pkl.gz/m.pt'], 'cannot write the checkpoint m.pt in'),
+    (['--save', '{tmp}/notes.pkl.gz/m.pt'], 'Cannot write the checkpoint m.pt: {tmp}/notes.pkl.gz is a file, not a folder'),
+    (['--save', '/proc/m.pt'], 'cannot write the checkpoint m.pt in /proc'),
     (['--compare', 'sgd,adam', '--save', '{tmp}/m.pt'], '--save is for one run; --compare trains several'),
     (['--compare', 'sgd,adam', '--resume', '{tmp}/m.pt'], '--resume is for one run'),
     (['--resume', '{tmp}/nowhere.pt'], '--resume: No checkpoint at'),
-    (['--resume', '{tmp}/notes.pkl.gz'], 'is not an exp_lib checkpoint'),
+    (['--resume', '{tmp}/notes.pkl.gz'], 'notes.pkl.gz is not an exp_lib checkpoint: it is not a complete file written by torch.save'),
     (['--checkpoint-every-epoch', '{tmp}'], '--checkpoint-every-epoch'),
     (['--accum', '0'], 'must be a whole number > 0, got 0'),
     (['--clip', '-1'], 'must be a finite number > 0, got -1'),
@@ -90,14 +91,20 @@ def test_a_diverging_run_exits_1_naming_epoch_and_batch(cli, tmp_path):
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has CUDA')),
     (['--data', '{tmp}/nowhere'], 'nowhere does not exist'),
     (['--data', '{tmp}/notes.pkl.gz'], 'notes.pkl.gz is not a complete gzip file'),
-    (['--out', '{tmp}/notes.pkl.gz/sub'], 'cannot write the plots and tables in'),
+    (['--out', '{tmp}/notes.pkl.gz/sub'], 'Cannot write the plots and tables: {tmp}/notes.pkl.gz is a file, not a folder'),
+    (['--out', '{tmp}/notes.pkl.gz'], 'notes.pkl.gz is a file, not a folder'),
+    (['--out', '/proc/exp_lib_out'], '--out: Cannot write the plots and tables'),
+    (['--tensorboard', '{tmp}/notes.pkl.gz/tb'], '--tensorboard: Cannot write the TensorBoard logs: {tmp}/notes.pkl.gz is a file'),
+    (['--tensorboard', '/proc/tb'], '--tensorboard: Cannot write the TensorBoard logs'),
+    (['--bs', '2.5'], "'2.5' is not a whole number"),
 ])
 def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, args, message):
     (tmp_path/'notes.pkl.gz').write_text('not MNIST')
     args = [a.format(tmp=tmp_path) for a in args]
     r = cli(*args, '--no-progress', *([] if '--out' in args else ['--out', tmp_path/'o']))
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert message in r.stderr, r.stderr
+    assert message.format(tmp=tmp_path) in r.stderr, r.stderr
+    assert 'weights_only' not in r.stderr
     assert 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert 'epoch' not in r.stdout, 'the error must come before any training'
 
@@ -148,3 +155,17 @@ def test_tensorboard_logs_are_written(cli, tmp_path):
     r = cli('--epochs', '1', '--out', tmp_path, '--no-progress', '--tensorboard', tmp_path/'tb')
     assert r.returncode == 0, r.stderr
     assert any(f.name.startswith('events.out.tfevents') for f in (tmp_path/'tb').iterdir())
+
+def test_a_bad_path_touches_no_file_of_the_previous_run(cli, tmp_path):
+    "Every output path is checked before anything is written: a bad --tensorboard leaves the last run's history.csv as it was."
+    out = tmp_path/'out'; out.mkdir()
+    (out/'history.csv').write_text('epoch,train_loss\n0,1.0\n')
+    (tmp_path/'afile').write_text('x')
+    r = cli('--out', out, '--tensorboard', tmp_path/'afile'/'tb', '--no-progress')
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert (out/'history.csv').read_text() == 'epoch,train_loss\n0,1.0\n'
+
+def test_a_run_that_diverges_without_nan_says_so(cli, tmp_path):
+    r = cli('--opt', 'sgd', '--lr', '1e6', '--epochs', '2', '--out', tmp_path, '--no-progress')
+    assert r.returncode == 1 and 'rose far above its minimum' in r.stderr and 'Try a lower --lr' in r.stderr, (r.returncode, r.stderr)
+    assert 'final validation accuracy' not in r.stdout
