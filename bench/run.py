@@ -1,7 +1,7 @@
 """exp_lib benchmarks. Each measurement runs against its baseline in the same process, interleaved, several
 times after a warm-up; the table shows medians, the ratio and whether the target (issues 7, 16 and 21) is met.
 Run with `make bench` (or `python bench/run.py [--reps N]`)."""
-import argparse, gc, os, statistics, sys, tempfile, time
+import argparse, gc, math, os, statistics, sys, tempfile, time
 from functools import partial
 from pathlib import Path
 import torch
@@ -103,15 +103,16 @@ def chapter_weight_decay(p, lr, wd, **kwargs): p.data.mul_(1 - lr * wd)
 # this script): the Optimizer knows nothing of them, so they show what the flat path gives any callback of the chapter's form.
 def user_average_grad(p, mom, dampening=False, grad_avg=None, **kwargs):
     if grad_avg is None: grad_avg = torch.zeros_like(p.grad)
-    grad_avg.mul_(mom).add_(p.grad, alpha=1 - mom if dampening else 1.)
+    if dampening: grad_avg.lerp_(p.grad, 1 - mom)
+    else: grad_avg.mul_(mom).add_(p.grad)
     return {'grad_avg': grad_avg}
 def user_average_sqr_grad(p, sqr_mom, sqr_avg=None, **kwargs):
     if sqr_avg is None: sqr_avg = torch.zeros_like(p.grad)
     sqr_avg.mul_(sqr_mom).addcmul_(p.grad, p.grad, value=1 - sqr_mom)
     return {'sqr_avg': sqr_avg}
 def user_adam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
-    debias1, debias2 = chapter_debias(mom, 1 - mom, step), chapter_debias(sqr_mom, 1 - sqr_mom, step)
-    p.addcdiv_(grad_avg, (sqr_avg / debias2).sqrt_().add_(eps), value=-lr / debias1)
+    debias1, root2 = chapter_debias(mom, 1 - mom, step), math.sqrt(chapter_debias(sqr_mom, 1 - sqr_mom, step))
+    p.addcdiv_(grad_avg, sqr_avg.sqrt().add_(eps * root2), value=-lr * root2 / debias1)
 def user_momentum_step(p, lr, grad_avg, **kwargs): p.add_(grad_avg, alpha=-lr)
 def user_weight_decay(p, lr, wd, **kwargs): p.mul_(1 - lr * wd)
 

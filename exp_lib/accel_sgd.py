@@ -125,7 +125,8 @@ def sgd_step(p, lr, **kwargs):
 def average_grad(p, mom, dampening=False, grad_avg=None, **kwargs):
     "Moving average of the gradients in state `grad_avg` (damped by `1-mom` if `dampening`)."
     if grad_avg is None: grad_avg = torch.zeros_like(p.grad)
-    grad_avg.mul_(mom).add_(p.grad, alpha=1 - mom if dampening else 1.)
+    if dampening: grad_avg.lerp_(p.grad, 1 - mom)
+    else: grad_avg.mul_(mom).add_(p.grad)
     return {'grad_avg': grad_avg}
 average_grad.defaults = dict(mom=0.9)
 
@@ -157,8 +158,8 @@ def debias(mom, damp, step):
 
 def adam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     "Adam: the debiased gradient average over the root of the debiased squared average."
-    debias1, debias2 = debias(mom, 1 - mom, step), debias(sqr_mom, 1 - sqr_mom, step)
-    p.addcdiv_(grad_avg, (sqr_avg / debias2).sqrt_().add_(eps), value=-lr / debias1)
+    debias1, root2 = debias(mom, 1 - mom, step), math.sqrt(debias(sqr_mom, 1 - sqr_mom, step))
+    p.addcdiv_(grad_avg, sqr_avg.sqrt().add_(eps * root2), value=-lr * root2 / debias1)
 adam_step.defaults = dict(eps=1e-5)
 
 # %% ../nbs/16_accel_sgd.ipynb #962f1b33
