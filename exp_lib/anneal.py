@@ -205,10 +205,9 @@ class LRFinder(Callback):
                          cbs=copy.deepcopy(_cb_states(learn)), rng=torch.get_rng_state(), training=learn.model.training)
     def before_batch(self):
         if self.learn.training: self.learn.set_hyper('lr', self.sched(self.learn.train_iter / (self.num_it - 1)))
-    def _batch_loss(self): return float(self.learn.loss.detach())
     def after_loss(self):
         if not self.learn.training: return
-        self.avg = self.beta * self.avg + (1 - self.beta) * self._batch_loss()
+        self.avg = self.beta * self.avg + (1 - self.beta) * float(self.learn.loss.detach())
         smooth = self.avg / (1 - self.beta ** (len(self.losses) + 1))
         self.lrs.append(self.learn.opt.param_groups[-1]['lr']); self.losses.append(smooth)
         if not math.isfinite(smooth) or (self.stop_div and smooth > 4 * self.best): raise CancelFitException()
@@ -218,7 +217,8 @@ class LRFinder(Callback):
     def before_validate(self): raise CancelValidException()
     def after_fit(self):
         "Put back the weights, the optimizer's state, the callbacks' states (a loss scaler's), the RNG and the train/eval mode."
-        learn, snap = self.learn, self.snap
+        learn, snap = self.learn, getattr(self, 'snap', None)
+        if snap is None: return
         learn.opt.zero_grad()
         learn.model.load_state_dict(snap['model'])
         learn.opt.load_state_dict(snap['opt'])

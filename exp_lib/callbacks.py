@@ -852,8 +852,8 @@ def _decodes(loss_func):
 
 def _check_ds_idx(ds_idx, where):
     if isinstance(ds_idx, bool) or ds_idx not in (0, 1):
-        raise TypeError(f"{where}'s first argument is ds_idx, 0 (training set) or 1 (validation set), as in fastai; got {type(ds_idx).__name__}. "
-                        f"Pass a DataLoader by name: {where}(dl=...).")
+        seen = repr(ds_idx) if isinstance(ds_idx, int) else f"a {type(ds_idx).__name__}; pass a DataLoader by name: {where}(dl=...)"
+        raise TypeError(f"{where}'s first argument is ds_idx, 0 (training set) or 1 (validation set), as in fastai; got {seen}.")
 
 def _data_dl(learn, ds_idx, where):
     dl = None if learn.data is None else learn.data[ds_idx]
@@ -904,7 +904,7 @@ def _one_item(x, spec):
             raise TypeError(f"predict takes one item as a tensor, a NumPy array or a list of numbers; got a {type(x).__name__} ({e}).") from None
     if spec is None: return x.unsqueeze(0)
     shape, dtype = spec
-    if x.is_floating_point() and dtype.is_floating_point: x = x.to(dtype)
+    if dtype.is_floating_point: x = x.to(dtype)
     if tuple(x.shape) == shape: return x.unsqueeze(0)
     if x.dim() == len(shape) + 1 and tuple(x.shape[1:]) == shape:
         raise ValueError(f"predict takes one item, of shape {shape}, and got {x.shape[0]} of them (shape {tuple(x.shape)}); "
@@ -1045,7 +1045,9 @@ def export(self:Learner, fname='export.pkl'):
 
 def load_learner(fname, cpu=True):
     "The learner `export` wrote to `fname`, on the CPU if `cpu`. Like any pickle it can run code: load only files you trust."
-    learn = torch.load(fname, map_location='cpu' if cpu else None, weights_only=False)
+    try: learn = torch.load(fname, map_location='cpu' if cpu else None, weights_only=False)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise ValueError(f"{fname} is not a learner written by export: it cannot be read as one ({e}).") from None
     if not isinstance(learn, Learner): raise ValueError(f"{fname} does not hold a Learner written by export, but a {type(learn).__name__}.")
     if cpu: learn.device = torch.device('cpu')
     return learn

@@ -84,9 +84,9 @@ def _reduce_stats(stats, all_reduce, all_gather):
         for m, total in zip(_avg_metrics(stats), t[:-1]): m.vals, m.bns = [total / n], [n]
     accs = _accum_metrics(stats)
     if accs:
-        mine = [(torch.cat(m.preds).cpu(), torch.cat(m.targs).cpu()) if m.preds else None for m in accs]
+        ranks = all_gather([(torch.cat(m.preds).cpu(), torch.cat(m.targs).cpu()) if m.preds else None for m in accs])
         for i, m in enumerate(accs):
-            parts = [every[i] for every in all_gather(mine) if every[i] is not None]
+            parts = [rank[i] for rank in ranks if rank[i] is not None]
             m.preds, m.targs = [p for p, _ in parts], [t for _, t in parts]
     other = [m.name for m in stats.all if not isinstance(m, (AvgMetric, AccumMetric))]
     if other: warnings.warn(f"The metrics {other} are neither AvgMetric nor AccumMetric, so they report this process's shard only.")
