@@ -1,6 +1,6 @@
 """Every numbered notebook runs top to bottom in a real Jupyter kernel (what "Run All" does), not only under nbdev_test:
 in a kernel fastprogress draws HTML bars and matplotlib draws inline, so code that assumes a terminal breaks there."""
-import os
+import os, shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import nbformat, pytest
@@ -15,17 +15,21 @@ def kernel_env():
     env = {k: v for k, v in os.environ.items() if k != 'MPLBACKEND'}
     return {**env, 'OMP_NUM_THREADS': '1'}
 
-def run(fn):
-    "Execute notebook `fn` in a fresh kernel; returns the executed notebook and the error, if any."
+def run(fn, where):
+    "Execute notebook `fn` in a fresh kernel, in the folder `where`; returns the executed notebook and the error, if any."
     nb = nbformat.read(fn, as_version=4)
-    try: NotebookClient(nb, timeout=900, kernel_name='python3', resources={'metadata': {'path': str(NBS)}}).execute(env=kernel_env())
+    try: NotebookClient(nb, timeout=900, kernel_name='python3', resources={'metadata': {'path': str(where)}}).execute(env=kernel_env())
     except CellExecutionError as e: return nb, e
     return nb, None
 
 @pytest.fixture(scope='module')
-def executed():
-    "Every notebook executed, two kernels at a time (one per core)."
-    with ThreadPoolExecutor(2) as ex: return dict(zip(NOTEBOOKS, ex.map(run, NOTEBOOKS)))
+def executed(tmp_path_factory):
+    """Every notebook executed, two kernels at a time (one per core), in a copy of the project: each notebook's last cell runs
+    nbdev_export, which would otherwise rewrite exp_lib/ under the other tests' feet (a half-written module fails their imports)."""
+    root = tmp_path_factory.mktemp('project')
+    shutil.copy(NBS.parent/'settings.ini', root/'settings.ini')
+    shutil.copytree(NBS, root/'nbs')
+    with ThreadPoolExecutor(2) as ex: return dict(zip(NOTEBOOKS, ex.map(lambda fn: run(root/'nbs'/fn.name, root/'nbs'), NOTEBOOKS)))
 
 @pytest.mark.parametrize('fn', NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_in_a_kernel(fn, executed):
