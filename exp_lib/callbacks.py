@@ -1094,31 +1094,34 @@ class SaveModelCallback(TrackerCallback):
         if self.at_end: self._save(self.fname)
         elif not self.every_epoch and self.last_saved_path is not None: self.learn._load_weights(self.last_saved_path, self.with_opt)
 
-class EarlyStoppingCallback(TrackerCallback):
-    "End the fit when `monitor` has not improved for `patience` epochs."
+class _Plateau(TrackerCallback):
+    "Base of callbacks that act (`on_plateau`) when `monitor` has not improved for `patience` epochs."
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., patience=1, reset_on_fit=True):
+        _check_positive('patience', patience, numbers.Integral, type(self).__name__)
         super().__init__(monitor, comp, min_delta, reset_on_fit)
         self.patience = patience
     def before_fit(self): super().before_fit(); self.wait = 0
     def after_epoch(self):
         super().after_epoch()
         self.wait = 0 if self.new_best else self.wait + 1
-        if self.wait >= self.patience:
-            self.learn.stopped_at = self.learn.epoch
-            raise CancelFitException()
+        if self.wait >= self.patience: self.on_plateau()
 
-class ReduceLROnPlateau(TrackerCallback):
+class EarlyStoppingCallback(_Plateau):
+    "End the fit when `monitor` has not improved for `patience` epochs."
+    def on_plateau(self):
+        self.learn.stopped_at = self.learn.epoch
+        raise CancelFitException()
+
+class ReduceLROnPlateau(_Plateau):
     "Divide the learning rate of every parameter group by `factor` (down to `min_lr`) when `monitor` has not improved for `patience` epochs."
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., patience=1, factor=10., min_lr=0, reset_on_fit=True):
-        super().__init__(monitor, comp, min_delta, reset_on_fit)
-        self.patience, self.factor, self.min_lr = patience, factor, min_lr
-    def before_fit(self): super().before_fit(); self.wait = 0
-    def after_epoch(self):
-        super().after_epoch()
-        self.wait = 0 if self.new_best else self.wait + 1
-        if self.wait >= self.patience:
-            for pg in self.learn.opt.param_groups: pg['lr'] = max(pg['lr'] / self.factor, self.min_lr)
-            self.wait = 0
+        if not (isinstance(factor, numbers.Real) and math.isfinite(factor) and factor > 1):
+            raise ValueError(f"ReduceLROnPlateau: factor divides the lr, so it must be a finite number > 1, got factor={factor!r}.")
+        super().__init__(monitor, comp, min_delta, patience, reset_on_fit)
+        self.factor, self.min_lr = factor, _check_hyper('lr', min_lr, 'ReduceLROnPlateau min_lr')
+    def on_plateau(self):
+        for pg in self.learn.opt.param_groups: pg['lr'] = max(pg['lr'] / self.factor, self.min_lr)
+        self.wait = 0
 
 # %% ../nbs/04_callbacks.ipynb #394ea0ce
 _one_group = ("freeze needs at least two parameter groups (a body to freeze, a head to train); "
