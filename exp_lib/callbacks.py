@@ -1095,7 +1095,7 @@ class SaveModelCallback(TrackerCallback):
         elif not self.every_epoch and self.last_saved_path is not None: self.learn._load_weights(self.last_saved_path, self.with_opt)
 
 class _Plateau(TrackerCallback):
-    "Base of callbacks that act (`on_plateau`) when `monitor` has not improved for `patience` epochs."
+    "Base of callbacks that act (their `plateau` method) when `monitor` has not improved for `patience` epochs."
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., patience=1, reset_on_fit=True):
         _check_positive('patience', patience, numbers.Integral, type(self).__name__)
         super().__init__(monitor, comp, min_delta, reset_on_fit)
@@ -1104,11 +1104,11 @@ class _Plateau(TrackerCallback):
     def after_epoch(self):
         super().after_epoch()
         self.wait = 0 if self.new_best else self.wait + 1
-        if self.wait >= self.patience: self.on_plateau()
+        if self.wait >= self.patience: self.plateau()
 
 class EarlyStoppingCallback(_Plateau):
     "End the fit when `monitor` has not improved for `patience` epochs."
-    def on_plateau(self):
+    def plateau(self):
         self.learn.stopped_at = self.learn.epoch
         raise CancelFitException()
 
@@ -1119,7 +1119,7 @@ class ReduceLROnPlateau(_Plateau):
             raise ValueError(f"ReduceLROnPlateau: factor divides the lr, so it must be a finite number > 1, got factor={factor!r}.")
         super().__init__(monitor, comp, min_delta, patience, reset_on_fit)
         self.factor, self.min_lr = factor, _check_hyper('lr', min_lr, 'ReduceLROnPlateau min_lr')
-    def on_plateau(self):
+    def plateau(self):
         for pg in self.learn.opt.param_groups: pg['lr'] = max(pg['lr'] / self.factor, self.min_lr)
         self.wait = 0
 
