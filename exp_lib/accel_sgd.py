@@ -183,7 +183,7 @@ def SGD(params, lr, mom=0., wd=0., decouple_wd=True, flat=True):
     cbs = _decay(decouple_wd) + ([average_grad, momentum_step] if mom else [sgd_step])
     return Optimizer(params, cbs, flat=flat, lr=lr, mom=mom, wd=wd)
 
-def RMSProp(params, lr, sqr_mom=0.99, mom=0., eps=1e-8, wd=0., decouple_wd=True, flat=True):
+def RMSProp(params, lr, mom=0., sqr_mom=0.99, eps=1e-8, wd=0., decouple_wd=True, flat=True):
     "RMSProp (with momentum on the gradient if `mom`)."
     cbs = _decay(decouple_wd) + ([average_grad] if mom else []) + [average_sqr_grad, rms_prop_step]
     return Optimizer(params, cbs, flat=flat, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)

@@ -47,6 +47,9 @@ class Recorder(Callback):
     lrs  = property(lambda self: self.hypers.get('lr', []),  doc="Per-batch learning rate of each parameter group")
     moms = property(lambda self: self.hypers.get('mom', []), doc="Per-batch momentum of each parameter group")
     metrics = property(lambda self: self.learn.avg_stats.history, doc="Per-epoch losses and metrics")
+    metric_names = property(lambda self: self.learn.avg_stats.names, doc="The epoch table's columns (fastai's name)")
+    values = property(lambda self: [[row[k] for k in self.metric_names[1:-1]] for row in self.metrics],
+                      doc="Per epoch, `[train_loss, valid_loss, *metrics]` (fastai's name)")
 
     @property
     def smooth_losses(self):
@@ -81,9 +84,11 @@ def plot_lr(self:Recorder, pgid=-1, ax=None):
     return ax
 
 @patch
-def plot_sched(self:Recorder, pgid=-1, figsize=None):
-    "One plot per recorded hyper-parameter (lr, mom, scheduled ones) of parameter group `pgid`."
-    names = list(self.hypers)
+def plot_sched(self:Recorder, keys=None, figsize=None, pgid=-1):
+    "One plot per recorded hyper-parameter (`keys`, default all: lr, mom, scheduled ones) of parameter group `pgid`."
+    names = list(self.hypers) if keys is None else [keys] if isinstance(keys, str) else list(keys)
+    if not names or any(k not in self.hypers for k in names):
+        raise ValueError(f"plot_sched: the recorded hypers are {list(self.hypers)} (after a fit); got keys={keys!r}.")
     fig, axs = plt.subplots(1, len(names), figsize=figsize or (4 * len(names), 3), squeeze=False)
     for ax, k in zip(axs[0], names):
         ax.plot([o[pgid] for o in self.hypers[k]]); ax.set_title(k); ax.set_xlabel('batch')
@@ -167,7 +172,11 @@ def cos_1cycle_anneal(start, high, end):
 class ParamScheduler(Callback):
     "Sets hyper `pname` of each parameter group from `sched_funcs` (one, or one per group) at every training batch."
     order, run_probe = 1, False
-    def __init__(self, pname, sched_funcs): self.pname, self.sched_funcs, self.before = pname, sched_funcs, []
+    def __init__(self, pname, sched_funcs=None):
+        if isinstance(pname, dict) or sched_funcs is None:
+            raise TypeError(f"ParamScheduler takes (pname, sched_funcs), one hyper per callback, as in the lesson; got {pname!r:.60}. "
+                            "For fastai's ParamScheduler({'lr': f, 'mom': g}) write [ParamScheduler('lr', f), ParamScheduler('mom', g)].")
+        self.pname, self.sched_funcs, self.before = pname, sched_funcs, []
     @property
     def name(self): return f'sched_{self.pname}'
 

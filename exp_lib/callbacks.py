@@ -42,11 +42,25 @@ def _first_item(ds):
     except (TypeError, IndexError, KeyError, NotImplementedError): return None
     return tuple(item) if isinstance(item, (tuple, list)) else None
 
+def _check_loader(dl, where):
+    "`dl` if it is None or an iterable of batches; else a TypeError, naming what it is and what to write (a dataset, a tensor, one batch...)."
+    if dl is None or isinstance(dl, (DataLoader, tud.DataLoader)): return dl
+    make = "DataLoader(Dataset(x, y), bs=64)"
+    if isinstance(dl, (Dataset, tud.Dataset)): kind, fix = 'a dataset', f"wrap it in a DataLoader: DataLoader({type(dl).__name__}(...), bs=64)"
+    elif isinstance(dl, torch.Tensor) or hasattr(dl, '__array__'): kind, fix = f'an array of shape {tuple(dl.shape)}', f"make a loader: {make}"
+    elif isinstance(dl, tuple) and any(isinstance(t, torch.Tensor) for t in dl): kind, fix = 'a tuple of tensors (one batch?)', f"make a loader: {make}"
+    elif isinstance(dl, (str, bytes, dict)) or not hasattr(dl, '__iter__'): kind, fix = f'{dl!r:.40} (type {type(dl).__name__})', f"make one: {make}"
+    else: return dl
+    raise TypeError(f"{where} takes a DataLoader (or any iterable of batches); got {kind}: {fix}.")
+
 class DataBunch:
     "The training and validation `DataLoader`s of a task, its number of classes `c`, and how many items of a batch are inputs."
     def __init__(self, train_dl, valid_dl=None, c=None,
                  n_inp=None, # a batch `(x1, ..., xn, y1, ...)` holds `n_inp` inputs, then the targets (None: all but the last)
                  vocab=None): # names of the classes, for `Learner.predict`
+        if isinstance(train_dl, (Dataset, tud.Dataset)) and isinstance(valid_dl, (Dataset, tud.Dataset)):
+            raise TypeError("DataBunch takes DataLoaders, and got two datasets: write DataBunch(*get_dls(train_ds, valid_ds, bs=64)).")
+        _check_loader(train_dl, "DataBunch's train_dl"); _check_loader(valid_dl, "DataBunch's valid_dl")
         self.train_dl, self.valid_dl, self.c, self.vocab = train_dl, valid_dl, c, vocab
         self._n_inp, self._specs = n_inp, None
     train_ds = property(lambda self: _dataset(self.train_dl), doc="The training dataset")
@@ -54,6 +68,10 @@ class DataBunch:
     train = property(lambda self: self.train_dl, doc="fastai's name for the training DataLoader")
     valid = property(lambda self: self.valid_dl, doc="fastai's name for the validation DataLoader")
     def __getitem__(self, i): return (self.train_dl, self.valid_dl)[i]
+    def one_batch(self):
+        "The first training batch, as fastai's `dls.one_batch()`."
+        if self.train_dl is None: raise ValueError("one_batch: this DataBunch has no training DataLoader (it was made for prediction).")
+        return self.train_dl.one_batch() if hasattr(self.train_dl, 'one_batch') else next(iter(self.train_dl))
 
     @property
     def n_inp(self):
@@ -291,6 +309,11 @@ class Learner:
                  device=None):              # where to train; `exp_lib.hardware` moves model and batches there (None: the best one)
         if isinstance(model, DataBunch) or isinstance(data, nn.Module):
             raise TypeError("Learner takes (model, data), in the lesson's order, where fastai's takes (dls, model): swap the first two arguments.")
+        if data is not None and not hasattr(data, 'train_dl'):
+            fix = ('DataBunch(*data)' if isinstance(data, (tuple, list)) else 'DataBunch(*get_dls(train_ds, valid_ds, bs=64))'
+                   if isinstance(data, (Dataset, tud.Dataset)) else 'DataBunch(train_dl, valid_dl)')
+            raise TypeError(f"Learner's data is a DataBunch of the training and validation DataLoaders; got a {type(data).__name__}: "
+                            f"write Learner(model, {fix}).")
         self.model, self.data, self.loss_func, self.splitter, self.logger = model, data, loss_func, splitter, logger
         self.opt_func, self.device, self.opt = opt_func or defaults.opt_func, device, None
         if not callable(self.opt_func):
@@ -304,7 +327,7 @@ class Learner:
         self.xb, self.yb, self.pred, self.loss, self.loss_grad = (), (), None, None, None
         self.dl, self._n_inp, self._loss_unchecked = None, None, True
         self.add_cbs([TrainEvalCallback(), AvgStatsCallback(metrics)] + ([ProgressCallback()] if progress else [])
-                     + [cb() for cb in defaults.callbacks] + list(cbs or []))
+                     + [cb() for cb in defaults.callbacks] + _cb_list(cbs))
         self('after_create')
 
     def create_opt(self):
@@ -483,6 +506,11 @@ def _set_cbs(self:Learner, cbs):
     self._bare_step = not any(self._handlers[e] for p in ('backward', 'step') for e in _part_events[p])
     self.cbs = cbs
 
+def _cb_list(cbs):
+    "`cbs` as a list, taking fastai's forms: None, one callback (an instance or a class), or any iterable of them."
+    if cbs is None: return []
+    return list(cbs) if hasattr(type(cbs), '__iter__') and not isinstance(cbs, (type, str)) else [cbs]
+
 def _attach(learn, cb):
     cb.learn = learn
     setattr(learn, cb.name, cb)
@@ -511,7 +539,7 @@ def remove_cb(self:Learner, cb):
         o.learn = None
 
 @patch
-def add_cbs(self:Learner, cbs): return [self.add_cb(cb) for cb in cbs]
+def add_cbs(self:Learner, cbs): return [self.add_cb(cb) for cb in _cb_list(cbs)]
 
 @patch
 def remove_cbs(self:Learner, cbs):
@@ -661,7 +689,11 @@ class AccumMetric(Metric):
 def mk_metric(m):
     "`m` as a `Metric`: a `Metric` as is (a `Metric` class instantiated), any other function averaged by `AvgMetric`."
     if isinstance(m, type) and issubclass(m, Metric): return m()
-    return m if isinstance(m, Metric) else AvgMetric(m)
+    if isinstance(m, Metric): return m
+    if not callable(m):
+        raise TypeError(f"A metric is a function metric(pred, *yb) (such as accuracy, imported from exp_lib) or a Metric; got {m!r} "
+                        f"(a {type(m).__name__}).")
+    return AvgMetric(m)
 
 def error_rate(inp, targ):
     "1 - `accuracy`."
@@ -864,7 +896,7 @@ def _data_dl(learn, ds_idx, where):
 def get_preds(self:Learner, ds_idx=1, dl=None, with_input=False, with_decoded=False, with_loss=False, act=None, reorder=True):
     "`(inputs?, preds, targets, decoded?, losses?)` over `dl` (default: `data[ds_idx]`), on the CPU; each item once, in dataset order if `reorder`."
     _check_ds_idx(ds_idx, 'get_preds')
-    if dl is None: dl = _data_dl(self, ds_idx, 'get_preds')
+    dl = _data_dl(self, ds_idx, 'get_preds') if dl is None else _check_loader(dl, 'get_preds(dl=...)')
     rng = torch.get_rng_state()
     try: dl, idxs = _fixed_order(dl)
     finally: torch.set_rng_state(rng)
@@ -893,7 +925,7 @@ def validate(self:Learner, ds_idx=1, dl=None):
     _check_ds_idx(ds_idx, 'validate')
     stats = AvgStats(self.avg_stats.metrics, False)
     stats.reset()
-    self._infer(_every_item(_data_dl(self, ds_idx, 'validate') if dl is None else dl), [_Stats(stats)])
+    self._infer(_every_item(_data_dl(self, ds_idx, 'validate') if dl is None else _check_loader(dl, 'validate(dl=...)')), [_Stats(stats)])
     return stats.avg_stats
 
 def _one_item(x, spec):
@@ -1075,10 +1107,11 @@ class TrackerCallback(Callback):
 
 class SaveModelCallback(TrackerCallback):
     "Save a checkpoint to `path/fname.pt` when `monitor` improves and load the best one after the fit; or save every epoch, or at the end."
-    def __init__(self, monitor='valid_loss', comp=None, min_delta=0., fname='model', path='models',
+    def __init__(self, monitor='valid_loss', comp=None, min_delta=0., fname='model',
                  every_epoch=False, # save every epoch (or every `every_epoch` epochs) as `fname_<epoch>.pt`, and load nothing
                  at_end=False,      # save once, after the fit, and load nothing
-                 with_opt=False, reset_on_fit=True):
+                 with_opt=False, reset_on_fit=True,
+                 path='models'):    # the folder (fastai's is `learn.path/learn.model_dir`; its arguments keep their places before this one)
         if every_epoch and at_end: raise ValueError("SaveModelCallback: every_epoch and at_end cannot both be set; choose one.")
         super().__init__(monitor, comp, min_delta, reset_on_fit)
         self.fname, self.path, self.every_epoch, self.at_end, self.with_opt = fname, Path(path), every_epoch, at_end, with_opt

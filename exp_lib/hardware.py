@@ -75,12 +75,18 @@ def to_float(b):
     "`b` with every half-precision tensor (float16, bfloat16) as float32."
     return apply(lambda t: t.float() if t.dtype in (torch.float16, torch.bfloat16) else t, b)
 
+_amp_modes = {'fp16': torch.float16, 'bf16': torch.bfloat16}
+
 class MixedPrecision(Callback):
     "Forward pass and loss under `torch.autocast(dtype)` on the model's device; float16 gradients go through a `GradScaler`."
     order = 10
-    def __init__(self, dtype=torch.bfloat16, init_scale=2.**16):
+    def __init__(self, dtype=torch.float16, init_scale=2.**16,
+                 amp_mode=None): # fastai's name for `dtype`: 'fp16' or 'bf16' (a string is taken as `dtype` too)
+        if amp_mode is not None: dtype = amp_mode
+        if isinstance(dtype, str): dtype = _amp_modes.get(dtype.lower(), dtype)
         if dtype not in (torch.bfloat16, torch.float16):
-            raise ValueError(f"MixedPrecision needs dtype torch.bfloat16 or torch.float16, got {dtype!r}; for float32, remove it (learn.to_fp32()).")
+            raise ValueError(f"MixedPrecision needs dtype torch.bfloat16 or torch.float16 ('bf16' or 'fp16'), got {dtype!r}; "
+                             "for float32, remove it (learn.to_fp32()).")
         _check_positive('init_scale', init_scale)
         self.dtype, self.init_scale = dtype, init_scale
         self.scaler, self._saved, self._in_autocast, self._unscaled = None, None, False, False

@@ -92,7 +92,9 @@ def _tensor_pair(ds):
 
 class DataLoader:
     "Batches of `ds`: `shuffle`d or in order (or in the order of `sampler`), built by `collate_fn`."
-    def __init__(self, ds, bs=64, shuffle=False, sampler=None, collate_fn=collate, drop_last=False):
+    def __init__(self, ds, bs=64, shuffle=False, sampler=None, collate_fn=collate, drop_last=False,
+                 batch_size=None): # PyTorch's name for `bs`, taken as fastai's DataLoader takes it (it wins over `bs`)
+        if batch_size is not None: bs = batch_size
         self.ds, self.collate_fn, self.drop_last = ds, collate_fn, drop_last
         self.sampler = Sampler(ds, bs, shuffle) if sampler is None else sampler
         self.bs = getattr(self.sampler, 'bs', bs)
@@ -109,6 +111,11 @@ class DataLoader:
                 idxs = torch.as_tensor(idxs)
                 yield self._xy[0].index_select(0, idxs), self._xy[1].index_select(0, idxs)
             else: yield self.collate_fn([self.ds[int(i)] for i in idxs])
+
+    def one_batch(self):
+        "The first batch (fastai's name): a look at what the model will be given."
+        for b in self: return b
+        raise ValueError(f"one_batch: this DataLoader yields no batch ({len(self.ds)} items, bs={self.bs}, drop_last={self.drop_last}).")
 
     def __repr__(self): return f"DataLoader({self.ds!r}, bs={self.bs}, batches={len(self)})"
 
