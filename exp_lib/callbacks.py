@@ -255,7 +255,7 @@ def _loss_name(f): return getattr(f, '__name__', type(f).__name__)
 def _loss_error(learn, e):
     "A `ValueError` naming the shapes that `loss_func` could not combine, with its original message."
     return ValueError(f"{_loss_name(learn.loss_func)} failed on predictions of shape {_shape(learn.pred)} and targets of shape "
-                      f"{', '.join(str(_shape(o)) for o in learn.yb)}: {e}. Check that the model's output matches the loss "
+                      f"{', '.join(str(_shape(o)) for o in learn.yb)}: {str(e).rstrip('.')}. Check that the model's output matches the loss "
                       f"(e.g. {getattr(learn.data, 'c', None) or 'c'} class scores per item for cross entropy).")
 
 # %% ../nbs/04_callbacks.ipynb #a851d06a
