@@ -40,8 +40,9 @@ def _check_disjoint(param_lists):
     if twice: raise ValueError(f"Some parameters appear in more than one parameter group ({twice} of them), or twice in one: each would be "
                                f"stepped once per appearance. Make the splitter return each parameter once.")
 
-def _merge_state(state, res, cb):
-    if res is None: return
+def _merge_state(state, res, cb, p=None):
+    "Merge what callback `cb` returned for `p` into `state`: a dict; None, or `p` itself (fastai's step callbacks end with `return p`), is nothing."
+    if res is None or res is p: return
     if not isinstance(res, dict):
         raise TypeError(f"Optimizer callback {_cb_name(cb)} returned a {type(res).__name__}; it must return a dict of state or None.")
     state.update(res)
@@ -115,7 +116,7 @@ def _step_per_param(self:Optimizer, ps, hyper):
     "Run every callback on each parameter of `ps` in turn, with its state and the group's `hyper`."
     for p in ps:
         state = self._state.setdefault(p, {})
-        for cb in self.cbs: _merge_state(state, cb(p, **{**state, **hyper}), cb)
+        for cb in self.cbs: _merge_state(state, cb(p, **{**state, **hyper}), cb, p)
 
 # %% ../nbs/16_accel_sgd.ipynb #19d3e112
 def sgd_step(p, lr, **kwargs):
@@ -349,6 +350,8 @@ def _gather(states):
 
 _Segments = namedtuple('_Segments', 'lengths numels')
 
+def _cat(ts): return torch.cat([t.reshape(-1) for t in ts])
+
 def _flat_param(param, grad, segments):
     "The flat buffer `param` as the callbacks see a parameter: its gradient buffer as `.grad`, and the tensors it joins as `.segments`."
     param.grad, param.segments = grad, segments
@@ -359,19 +362,19 @@ class _FlatPart:
     def __init__(self, ps, state):
         self.ps, self.numels = ps, [p.numel() for p in ps]
         segments = _Segments(torch.tensor(self.numels, device=ps[0].device), self.numels)
-        self.param = _flat_param(self._join([p.detach() for p in ps]), self._join([p.grad for p in ps]), segments)
+        self.param = _flat_param(_cat([p.detach() for p in ps]), _cat([p.grad for p in ps]), segments)
         for p, v, g in zip(ps, self.views(self.param), self.views(self.param.grad)): p.data, p.grad = v, g
         self.grads, self.ptrs, self.state, self._synced = [p.grad for p in ps], [p.data_ptr() for p in ps], {}, {}
-        for k, v in _gather([state[p] for p in ps]).items(): self.take(k, self._join(v) if isinstance(v, list) else v)
+        for k, v in _gather([state[p] for p in ps]).items(): self.take(k, _cat(v) if isinstance(v, list) else v)
 
-    def _join(self, ts): return torch.cat([t.reshape(-1) for t in ts])
     def views(self, flat): return [v.view_as(p) for v, p in zip(flat.split(self.numels), self.ps)]
 
     def take(self, k, v, cb=None):
         "Keep `v` as state `k`: a number, or a tensor shaped like the flat parameter."
         if isinstance(v, torch.Tensor) and v.shape != self.param.shape:
             raise TypeError(f"On a flat buffer of {self.param.numel()} numbers, optimizer callback {_cb_name(cb)} returned state {k!r} "
-                            f"of shape {tuple(v.shape)}; state must be a number, or a tensor shaped like the parameter.")
+                            f"of shape {tuple(v.shape)}; state must be a number, or a tensor shaped like the parameter. State with a value per tensor "
+                            "needs the per-parameter path: make the optimizer with flat=False.")
         self.state[k] = v
 
     def sync(self, state):
@@ -398,15 +401,18 @@ class _FlatPart:
         if attached: self.param.grad.zero_()
         return attached
 
-def _flat_parts(ps, state):
-    "A group's parameters as flat parts, one per dtype, device and per-parameter numbers (`do_wd`, step count); None if they cannot be."
+def _flat_lists(ps, state):
+    """A group's parameters split into the lists that make one flat part each (one per dtype, device and per-parameter numbers, as `do_wd`
+    or a step count); None if they cannot be flat: a parameter without gradient, a sparse one, state not shaped like its parameter."""
     if any(p.grad is None or p.grad.is_sparse or not p.is_contiguous() or p.grad.shape != p.shape for p in ps): return None
-    parts = {}
+    lists = {}
     for p in ps:
-        numbers = tuple(sorted((k, v) for k, v in state.setdefault(p, {}).items() if not isinstance(v, torch.Tensor)))
-        parts.setdefault((p.dtype, p.device, numbers), []).append(p)
-    if any(_gather([state[p] for p in part]) is None for part in parts.values()): return None
-    return [_FlatPart(part, state) for part in parts.values()]
+        s = state.setdefault(p, {})
+        if any(isinstance(v, torch.Tensor) and v.shape != p.shape for v in s.values()): return None
+        numbers = tuple(sorted((k, v) for k, v in s.items() if not isinstance(v, torch.Tensor)))
+        lists.setdefault((p.dtype, p.device, numbers), []).append(p)
+    if any(_gather([state[p] for p in ps_]) is None for ps_ in lists.values()): return None
+    return list(lists.values())
 
 # %% ../nbs/16_accel_sgd.ipynb #15f10876
 _shape_queries = {torch.Tensor.dim, torch.Tensor.size, torch.Tensor.numel, torch.Tensor.nelement, torch.Tensor.__len__, torch.Tensor.stride}
@@ -431,23 +437,50 @@ class _Structure(TorchFunctionMode):
             if shape or any(t.numel() != self.n for t in _tensors(res)): self.found = getattr(func, '__name__', repr(func))
         return res
 
-def _probe(cbs, part, hyper):
-    "The names of the callbacks in `cbs` whose math depends on how `part` splits into tensors, found on a copy of it (two steps)."
-    fp = _flat_param(part.param.clone(), part.param.grad.clone(), part.param.segments)
-    state, found = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in part.state.items()}, []
-    with torch.random.fork_rng(devices=[fp.device] if fp.device.type == 'cuda' else []):
-        for _ in range(2):
-            for cb in cbs:
-                with _Structure(fp.numel()) as mode: res = cb(fp, **{**state, **hyper})
-                _merge_state(state, res, cb)
-                if mode.found and _cb_name(cb) not in found: found.append(_cb_name(cb))
-    return found
+def _joined(ps, states):
+    "Tensors `ps` with their gradients and states, joined as one flat parameter's: `(param, grad, state)`; state None if the numbers disagree."
+    state = _gather(states)
+    return _cat(ps), _cat([p.grad for p in ps]), state and {k: _cat(v) if isinstance(v, list) else v for k, v in state.items()}
+
+def _agree(a, b, before=None):
+    "Whether `a` (computed on a flat buffer) is `b` (tensor by tensor): equal numbers, or tensors within 1e-3 of `b`'s change from `before`, or of float rounding."
+    if not isinstance(b, torch.Tensor): return not isinstance(a, torch.Tensor) and a == b
+    if not isinstance(a, torch.Tensor) or a.shape != b.shape or a.dtype != b.dtype: return False
+    if not b.is_floating_point() or not b.numel(): return torch.equal(a, b)
+    change = (b - (0 if before is None else before)).abs().max()
+    return torch.allclose(a, b, rtol=0, atol=float(1e-3 * change + 4 * torch.finfo(b.dtype).eps * b.abs().max()))
+
+def _rng_state(device): return torch.cuda.get_rng_state(device) if device.type == 'cuda' else torch.get_rng_state()
+
+def _probe(cbs, ps, state, hyper, k=4):
+    """The name of the first callback in `cbs` that cannot run on a flat buffer of `ps`, found in two steps on copies of the first `k` of them:
+    flat, it gives other numbers than tensor by tensor, or asks how the buffer splits into tensors. None if every callback can."""
+    pieces = [_flat_param(p.detach().clone(), p.grad.clone(), None) for p in ps[:k]]
+    states = [{n: v.clone() if isinstance(v, torch.Tensor) else v for n, v in state[p].items()} for p in ps[:k]]
+    before = _joined(pieces, states)
+    flat = _flat_param(before[0].clone(), before[1].clone(), _Segments(torch.tensor([p.numel() for p in pieces], device=before[0].device),
+                                                                      [p.numel() for p in pieces]))
+    with torch.random.fork_rng(devices=[flat.device] if flat.device.type == 'cuda' else []):
+        for cb in cbs * 2:
+            flat.copy_(before[0]); flat.grad.copy_(before[1])
+            fstate, rng = {n: v.clone() if isinstance(v, torch.Tensor) else v for n, v in before[2].items()}, _rng_state(flat.device)
+            with _Structure(flat.numel()) as mode: _merge_state(fstate, cb(flat, **{**fstate, **hyper}), cb, flat)
+            drew = not torch.equal(rng, _rng_state(flat.device))
+            for p, s in zip(pieces, states): _merge_state(s, cb(p, **{**s, **hyper}), cb, p)
+            after = _joined(pieces, states)
+            if mode.found or after[2] is None: return _cb_name(cb)
+            same = (set(fstate) == set(after[2]) and _agree(flat, after[0], before[0]) and _agree(flat.grad, after[1], before[1])
+                    and all(_agree(fstate[n], v, before[2].get(n)) for n, v in after[2].items()))
+            if not (same or drew): return _cb_name(cb)
+            before = after
+    return None
 
 @patch
-def _flat_ok(self:Optimizer, gi, part, hyper):
-    "Whether every callback can run on flat buffers, probed once per group (with its hypers) on its first part."
+def _flat_ok(self:Optimizer, gi, lists, hyper):
+    "Whether the callbacks can run on flat buffers, probed once per group (with its hypers) on each list of parameters that makes a part."
     if gi not in self._probed:
-        self.per_tensor_cbs += [n for n in _probe(self.cbs, part, hyper) if n not in self.per_tensor_cbs]
+        found = next(filter(None, (_probe(self.cbs, ps, self.state, hyper) for ps in lists)), None)
+        if found: self.per_tensor_cbs.append(found)
         self._probed.add(gi)
     return not self.per_tensor_cbs
 
@@ -455,18 +488,19 @@ def _flat_ok(self:Optimizer, gi, part, hyper):
 @patch
 def _step_flat(self:Optimizer, gi, ps, hyper):
     "Step group `gi` on its flat buffers (built, or rebuilt, when needed); False, doing nothing, when the group cannot be."
+    if self.per_tensor_cbs: return False
     parts = self._flat.get(gi)
     status = {part.attach() for part in parts} if parts else {'moved'}
     if 'no grad' in status: return False
     if 'moved' in status:
-        parts = _flat_parts(ps, self.state)
-        if parts is None or not self._flat_ok(gi, parts[0], hyper): return False
-        self._flat[gi] = parts
+        lists = _flat_lists(ps, self.state)
+        if lists is None or not self._flat_ok(gi, lists, hyper): return False
+        parts = self._flat[gi] = [_FlatPart(ps_, self.state) for ps_ in lists]
     for part in parts:
         kw = {**part.state, **hyper}
         for cb in self.cbs:
             res = cb(part.param, **kw)
-            if not res: continue
+            if res is None or res is part.param: continue
             _merge_state(kw, res, cb)
             for k, v in res.items():
                 if part.state.get(k) is not v: part.take(k, v, cb)
