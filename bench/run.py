@@ -1,5 +1,6 @@
 """exp_lib benchmarks. Each measurement runs against its baseline in the same process, interleaved, several
-times after a warm-up; the table shows medians, the ratio and whether the target (issues 7, 16 and 21) is met.
+times after a warm-up; the table shows median times, the ratio (the median of the ratios of the rounds, each one's pair run back to
+back) and whether the target (issues 7, 16 and 21) is met.
 Run with `make bench` (or `python bench/run.py [--reps N]`)."""
 import argparse, gc, math, os, statistics, sys, tempfile, time
 from functools import partial
@@ -14,14 +15,15 @@ from exp_lib.all import (Learner, DataBunch, DataLoader, Dataset, accuracy, Opti
                          DistributedTrainer)
 
 def interleaved(fns, reps, warmup=2):
-    "Median seconds of each function in `fns`, run alternately so that machine noise hits them alike."
+    """Median seconds of each function in `fns`, run alternately so that machine noise hits them alike; and, for each, the median over the
+    rounds of the first function's time over its own in the same round (a burst of noise moves that less than a ratio of the medians)."""
     for _ in range(warmup):
         for f in fns: f()
     times = [[] for _ in fns]
     for _ in range(reps):
         for t, f in zip(times, fns):
             start = time.perf_counter(); f(); t.append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+    return [statistics.median(t) for t in times], [statistics.median(a / b for a, b in zip(times[0], t)) for t in times]
 
 def mlp(): return nn.Sequential(nn.Linear(784, 50), nn.ReLU(), nn.Linear(50, 10))
 
@@ -63,9 +65,9 @@ def bench_fit(reps):
     same_gather = partial(handwritten, gather=lambda t, idx: t.index_select(0, idx))
     row, (vloss, vacc) = learner(), handwritten()
     assert abs(row['valid_loss'] - vloss) < 1e-5 and abs(row['accuracy'] - vacc) < 1e-6, (row, vloss, vacc)
-    ours, base, same = interleaved([learner, handwritten, same_gather], 2 * reps)
-    return [('Learner.fit, 1 epoch MLP (20k+5k, bs 64)', ours, 'hand-written loop, torch SGD, x[idx]', base, 1.05, 'max'),
-            ('Learner.fit, 1 epoch MLP (20k+5k, bs 64)', ours, 'the same, gathering with index_select', same, None, 'max')]
+    (ours, base, same), (_, r_base, r_same) = interleaved([learner, handwritten, same_gather], 2 * reps)
+    return [('Learner.fit, 1 epoch MLP (20k+5k, bs 64)', ours, 'hand-written loop, torch SGD, x[idx]', base, 1.05, 'max', r_base),
+            ('Learner.fit, 1 epoch MLP (20k+5k, bs 64)', ours, 'the same, gathering with index_select', same, None, 'max', r_same)]
 
 def layer_params(width, n=40):
     "160 tensors: n layers Linear(width, width) + BatchNorm1d(width), with gradients (width 32: 45k parameters; 256: 2.6M)."
@@ -176,9 +178,9 @@ def bench_opt(reps):
             ours, opt = stepper(ours_make)
             ours()
             assert opt._flat and not opt.per_tensor_cbs, f"{name}: the flat path is not in use"
-            times = interleaved([ours] + [stepper(m)[0] for _, m, _, _ in baselines], reps)
-            for (bname, _, small_target, large_target), t in zip(baselines, times[1:]):
-                rows.append((f'{name} step ({size})', times[0] / steps, bname, t / steps, small_target if small else large_target, 'max'))
+            times, ratios = interleaved([ours] + [stepper(m)[0] for _, m, _, _ in baselines], reps)
+            for (bname, _, small_target, large_target), t, r in zip(baselines, times[1:], ratios[1:]):
+                rows.append((f'{name} step ({size})', times[0] / steps, bname, t / steps, small_target if small else large_target, 'max', r))
     return rows
 
 def bench_loader(reps):
@@ -197,8 +199,8 @@ def bench_loader(reps):
         def run():
             for _ in dl: pass
         return run
-    ours, base = interleaved([drain(ours_dl), drain(torch_dl)], reps)
-    return [('DataLoader epoch, shuffled (20k, bs 64)', ours, 'torch DataLoader(TensorDataset)', base, 1 / 5, 'max')]
+    (ours, base), (_, ratio) = interleaved([drain(ours_dl), drain(torch_dl)], reps)
+    return [('DataLoader epoch, shuffled (20k, bs 64)', ours, 'torch DataLoader(TensorDataset)', base, 1 / 5, 'max', ratio)]
 
 def bench_syncs(_reps):
     "4. Tensor->Python conversions during a fit: they must not grow with the number of batches."
@@ -278,12 +280,12 @@ def main():
     w = max(len(r[0]) for r in rows)
     print(f"{'measurement':{w}}  {'ours':>10}  {'baseline':36}  {'base':>10}  {'ratio':>6}  {'target':>8}  result")
     ok_all = True
-    for name, ours, bname, base, target, kind in rows:
+    for name, ours, bname, base, target, kind, *paired in rows:
         if kind == 'abs':
             ratio, ok, tgt = ours, ours <= target, f'= {target}'
             print(f"{name:{w}}  {ours:10.3f}  {bname:36}  {'':>10}  {'':>6}  {tgt:>8}  {'pass' if ok else 'FAIL'}")
         else:
-            ratio = ours / base
+            ratio = paired[0] if paired else ours / base
             ok = target is None or ratio <= target
             tgt = 'report' if target is None else f'<= {target:g}'
             print(f"{name:{w}}  {ours*1e3:8.3f}ms  {bname:36}  {base*1e3:8.3f}ms  {ratio:6.2f}  {tgt:>8}  {'pass' if ok else 'FAIL'}")
