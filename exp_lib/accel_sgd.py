@@ -363,6 +363,7 @@ class _FlatPart:
         self.ps, self.numels = ps, [p.numel() for p in ps]
         segments = _Segments(torch.tensor(self.numels, device=ps[0].device), self.numels)
         self.param = _flat_param(_cat([p.detach() for p in ps]), _cat([p.grad for p in ps]), segments)
+        self.data, self.grad = self.param.detach(), self.param.grad.detach()
         for p, v, g in zip(ps, self.views(self.param), self.views(self.param.grad)): p.data, p.grad = v, g
         self.grads, self.ptrs, self.state, self._synced = [p.grad for p in ps], [p.data_ptr() for p in ps], {}, {}
         for k, v in _gather([state[p] for p in ps]).items(): self.take(k, _cat(v) if isinstance(v, list) else v)
@@ -394,6 +395,15 @@ class _FlatPart:
                 self.grads[i].copy_(g)
                 p.grad = self.grads[i]
         return 'ok'
+
+    def rejoin(self):
+        "Copy into the buffers what a callback bound anew as the flat parameter's data or gradient (`p.data = p - lr*p.grad`): the parameters view the buffers."
+        p, g = self.param, self.param.grad
+        if p.data_ptr() != self.data.data_ptr(): self.data.copy_(p.detach()); p.data = self.data
+        if g is None or g.data_ptr() != self.grad.data_ptr():
+            if g is None: self.grad.zero_()
+            else: self.grad.copy_(g)
+            p.grad = self.grad.detach()
 
     def zero_grad(self):
         "Zero the gradient buffer at once if every gradient is still its view (True); else leave it (False)."
@@ -504,6 +514,7 @@ def _step_flat(self:Optimizer, gi, ps, hyper):
             _merge_state(kw, res, cb)
             for k, v in res.items():
                 if part.state.get(k) is not v: part.take(k, v, cb)
+        part.rejoin()
     return True
 
 @patch
