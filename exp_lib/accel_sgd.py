@@ -82,7 +82,7 @@ class Optimizer:
         self.hypers = [{**{k: vs[i] for k, vs in spread.items()}, **own} for i, (_, own) in enumerate(groups)]
         for i, h in enumerate(self.hypers): _check_hypers(h, f"Optimizer parameter group {i}")
         self._views = [ParamGroup(ps, h) for ps, h in zip(self.param_lists, self.hypers)]
-        self._state, self._flat, self.flat, self._probed, self.per_tensor_cbs = {}, {}, flat, set(), []
+        self._state, self._flat, self.flat, self._probed, self.per_tensor_cbs, self._looked = {}, {}, flat, set(), [], False
 
     @property
     def param_groups(self): return self._views
@@ -90,7 +90,11 @@ class Optimizer:
     def all_params(self): return [p for ps in self.param_lists for p in ps]
     @property
     def state(self):
-        "Per-parameter state: a dict per parameter (on a flat group, numbers and views of the group's buffers)."
+        "Per-parameter state: a dict per parameter (on a flat group, numbers and views of the group's buffers: see \"Making it fast\")."
+        self._looked = True
+        return self._sync()
+    def _sync(self):
+        "The per-parameter state, with the state of the flat groups written into it."
         for parts in self._flat.values():
             for part in parts: part.sync(self._state)
         return self._state
@@ -291,7 +295,7 @@ _keep_on_clear = ('do_wd',)
 @patch
 def state_dict(self:Optimizer):
     "Hypers and per-parameter state; parameters are numbered in group order."
-    state = self.state
+    state = self._sync()
     return {'state': {i: dict(state[p]) for i, p in enumerate(self.all_params) if state.get(p)}, 'hypers': [dict(h) for h in self.hypers]}
 
 def _copy(v, p): return v.detach().to(device=p.device, copy=True) if isinstance(v, torch.Tensor) else v
@@ -316,7 +320,7 @@ def load_state_dict(self:Optimizer, sd):
 @patch
 def clear_state(self:Optimizer):
     "Forget all per-parameter state (averages, step counts), but what says how a parameter is treated (`do_wd`)."
-    self._state = {p: {k: s[k] for k in _keep_on_clear if k in s} for p, s in self.state.items() if any(k in s for k in _keep_on_clear)}
+    self._state = {p: {k: s[k] for k in _keep_on_clear if k in s} for p, s in self._sync().items() if any(k in s for k in _keep_on_clear)}
     self._flat = {}
 
 @patch
@@ -381,9 +385,15 @@ class _FlatPart:
     def sync(self, state):
         "Write this part's state into each parameter's: the numbers, and views of the flat tensors (made again only when replaced)."
         for k, v in self.state.items():
-            if self._synced.get(k) is v: continue
-            for p, o in zip(self.ps, self.views(v) if isinstance(v, torch.Tensor) else [v] * len(self.ps)): state.setdefault(p, {})[k] = o
-            self._synced[k] = v
+            if self._synced.get(k, (None,))[0] is v: continue
+            objs = self.views(v) if isinstance(v, torch.Tensor) else [v] * len(self.ps)
+            for p, o in zip(self.ps, objs): state.setdefault(p, {})[k] = o
+            self._synced[k] = v, objs
+
+    def edited(self, state):
+        "Whether someone bound a new value to the per-parameter state that `sync` wrote into `state`, or added or removed one."
+        return any(state.get(p, {}).keys() != self._synced.keys() or any(state[p][k] is not objs[i] for k, (_, objs) in self._synced.items())
+                   for i, p in enumerate(self.ps))
 
     def attach(self):
         "'ok' if every parameter views the buffer with its gradient there (a replaced one copied in); 'moved' or 'no grad' if not."
@@ -489,7 +499,7 @@ def _probe(cbs, ps, state, hyper, k=4):
 def _flat_ok(self:Optimizer, gi, lists, hyper):
     "Whether the callbacks can run on flat buffers, probed once per group (with its hypers) on each list of parameters that makes a part."
     if gi not in self._probed:
-        found = next(filter(None, (_probe(self.cbs, ps, self.state, hyper) for ps in lists)), None)
+        found = next(filter(None, (_probe(self.cbs, ps, self._state, hyper) for ps in lists)), None)
         if found: self.per_tensor_cbs.append(found)
         self._probed.add(gi)
     return not self.per_tensor_cbs
@@ -503,9 +513,9 @@ def _step_flat(self:Optimizer, gi, ps, hyper):
     status = {part.attach() for part in parts} if parts else {'moved'}
     if 'no grad' in status: return False
     if 'moved' in status:
-        lists = _flat_lists(ps, self.state)
+        lists = _flat_lists(ps, self._sync())
         if lists is None or not self._flat_ok(gi, lists, hyper): return False
-        parts = self._flat[gi] = [_FlatPart(ps_, self.state) for ps_ in lists]
+        parts = self._flat[gi] = [_FlatPart(ps_, self._state) for ps_ in lists]
     for part in parts:
         kw = {**part.state, **hyper}
         for cb in self.cbs:
@@ -518,9 +528,16 @@ def _step_flat(self:Optimizer, gi, ps, hyper):
     return True
 
 @patch
+def _take_edits(self:Optimizer):
+    "Drop the flat buffers of every group whose per-parameter state was edited through `state` (a value bound anew, added or removed): the next step builds them again from it."
+    for gi in [gi for gi, parts in self._flat.items() if any(part.edited(self._state) for part in parts)]: del self._flat[gi]
+    self._looked = False
+
+@patch
 @torch.no_grad()
 def step(self:Optimizer):
     "Update every parameter that has a gradient: each group on its flat buffers if it can be (see `flat`), else parameter by parameter."
+    if self._looked: self._take_edits()
     for gi, (ps, hyper) in enumerate(zip(self.param_lists, self.hypers)):
         if self.flat and self._step_flat(gi, ps, hyper): continue
         for part in self._flat.pop(gi, ()): part.sync(self._state)
