@@ -178,7 +178,7 @@ def bench_opt(reps):
             ours, opt = stepper(ours_make)
             ours()
             assert opt._flat and not opt.per_tensor_cbs, f"{name}: the flat path is not in use"
-            times, ratios = interleaved([ours] + [stepper(m)[0] for _, m, _, _ in baselines], reps)
+            times, ratios = interleaved([ours] + [stepper(m)[0] for _, m, _, _ in baselines], 3 * reps if small else reps)  # small: cheap, noisy
             for (bname, _, small_target, large_target), t, r in zip(baselines, times[1:], ratios[1:]):
                 rows.append((f'{name} step ({size})', times[0] / steps, bname, t / steps, small_target if small else large_target, 'max', r))
     return rows
