@@ -44,7 +44,7 @@ def _merge_state(state, res, cb, p=None):
     "Merge what callback `cb` returned for `p` into `state`: a dict; None, or `p` itself (fastai's step callbacks end with `return p`), is nothing."
     if res is None or res is p: return
     if not isinstance(res, dict):
-        raise TypeError(f"Optimizer callback {_cb_name(cb)} returned a {type(res).__name__}; it must return a dict of state or None.")
+        raise TypeError(f"Optimizer callback {_cb_name(cb)} returned a {type(res).__name__}; it must return a dict of state, None, or its p.")
     state.update(res)
 
 # %% ../nbs/16_accel_sgd.ipynb #3a93b280
@@ -474,7 +474,7 @@ def _rng_state(device): return torch.cuda.get_rng_state(device) if device.type =
 
 def _probe(cbs, ps, state, hyper, k=4):
     """The name of the first callback in `cbs` that cannot run on a flat buffer of `ps`, found in two steps on copies of the first `k` of them:
-    flat, it gives other numbers than tensor by tensor, or asks how the buffer splits into tensors. None if every callback can."""
+    flat, it fails, gives other numbers than tensor by tensor, or asks how the buffer splits into tensors. None if every callback can."""
     pieces = [_flat_param(p.detach().clone(), p.grad.clone(), None) for p in ps[:k]]
     states = [{n: v.clone() if isinstance(v, torch.Tensor) else v for n, v in state[p].items()} for p in ps[:k]]
     before = _joined(pieces, states)
@@ -484,7 +484,9 @@ def _probe(cbs, ps, state, hyper, k=4):
         for cb in cbs * 2:
             flat.copy_(before[0]); flat.grad.copy_(before[1])
             fstate, rng = {n: v.clone() if isinstance(v, torch.Tensor) else v for n, v in before[2].items()}, _rng_state(flat.device)
-            with _Structure(flat.numel()) as mode: _merge_state(fstate, cb(flat, **{**fstate, **hyper}), cb, flat)
+            try:
+                with _Structure(flat.numel()) as mode: _merge_state(fstate, cb(flat, **{**fstate, **hyper}), cb, flat)
+            except Exception: return _cb_name(cb)  # perhaps only on a flat buffer: if not, the per-parameter step raises it again
             drew = not torch.equal(rng, _rng_state(flat.device))
             for p, s in zip(pieces, states): _merge_state(s, cb(p, **{**s, **hyper}), cb, p)
             after = _joined(pieces, states)
