@@ -10,7 +10,7 @@ __all__ = ['optimizer_choices', 'ParamGroup', 'Optimizer', 'sgd_step', 'average_
            'RNNRegularizer', 'compare_optimizers', 'plot_comparison']
 
 # %% ../nbs/16_accel_sgd.ipynb #e85b81bd
-import inspect, math, numbers, time
+import inspect, math, numbers, operator, time
 from collections import namedtuple
 from collections.abc import MutableMapping
 from functools import partial
@@ -82,7 +82,8 @@ class Optimizer:
         self.hypers = [{**{k: vs[i] for k, vs in spread.items()}, **own} for i, (_, own) in enumerate(groups)]
         for i, h in enumerate(self.hypers): _check_hypers(h, f"Optimizer parameter group {i}")
         self._views = [ParamGroup(ps, h) for ps, h in zip(self.param_lists, self.hypers)]
-        self._state, self._flat, self.flat, self._probed, self.per_tensor_cbs, self._looked = {}, {}, flat, set(), [], False
+        self._state, self._flat, self.flat, self._probed, self.per_tensor_cbs = {}, {}, flat, set(), []
+        self._looked, self._written = False, [False]  # `state` looked at, a parameter's state written to: see `_take_edits`
 
     @property
     def param_groups(self): return self._views
@@ -96,7 +97,7 @@ class Optimizer:
     def _sync(self):
         "The per-parameter state, with the state of the flat groups written into it."
         for parts in self._flat.values():
-            for part in parts: part.sync(self._state)
+            for part in parts: part.sync()
         return self._state
     @property
     def kind(self): return f"Optimizer[{', '.join(map(_cb_name, self.cbs))}]"
@@ -356,21 +357,47 @@ _Segments = namedtuple('_Segments', 'lengths numels')
 
 def _cat(ts): return torch.cat([t.reshape(-1) for t in ts])
 
+def _joined(ps, states):
+    "Tensors `ps` with their gradients and states, joined as one flat parameter's: `(param, grad, state)`; state None if the numbers disagree."
+    state = _gather(states)
+    return _cat([p.detach() for p in ps]), _cat([p.grad for p in ps]), state and {k: _cat(v) if isinstance(v, list) else v for k, v in state.items()}
+
+def _segments(ps):
+    "Where the tensors `ps` begin and end in their flat buffer: their sizes as a tensor (for segment operations) and as a list."
+    numels = [p.numel() for p in ps]
+    return _Segments(torch.tensor(numels, device=ps[0].device), numels)
+
 def _flat_param(param, grad, segments):
     "The flat buffer `param` as the callbacks see a parameter: its gradient buffer as `.grad`, and the tensors it joins as `.segments`."
     param.grad, param.segments = grad, segments
     return param
 
+class _ParamState(dict):
+    "One parameter's state as `Optimizer.state` shows it for a flat group: a write marks it `edited` and its optimizer `written` (a one-item list)."
+    edited = False
+    def __init__(self, state, written): super().__init__(state); self.written = written
+    def __reduce__(self): return dict, (dict(self),)  # saved or copied, it is plain state: the marks belong to the optimizer that steps
+    def _marks(write):
+        def f(self, *args, **kwargs): self.edited = self.written[0] = True; return write(self, *args, **kwargs)
+        return f
+    __setitem__, __delitem__, update, setdefault, pop, popitem, clear = map(_marks, (dict.__setitem__, dict.__delitem__, dict.update,
+                                                                                  dict.setdefault, dict.pop, dict.popitem, dict.clear))
+
 class _FlatPart:
     "Parameters of one group (one dtype, device and set of per-parameter numbers) as views of one flat parameter; their gradients and state too."
-    def __init__(self, ps, state):
+    def __init__(self, ps, state, written):
         self.ps, self.numels = ps, [p.numel() for p in ps]
-        segments = _Segments(torch.tensor(self.numels, device=ps[0].device), self.numels)
-        self.param = _flat_param(_cat([p.detach() for p in ps]), _cat([p.grad for p in ps]), segments)
+        data, grad, joined = _joined(ps, [state[p] for p in ps])
+        self.param = _flat_param(data, grad, _segments(ps))
         self.data, self.grad = self.param.detach(), self.param.grad.detach()
         for p, v, g in zip(ps, self.views(self.param), self.views(self.param.grad)): p.data, p.grad = v, g
-        self.grads, self.ptrs, self.state, self._synced = [p.grad for p in ps], [p.data_ptr() for p in ps], {}, {}
-        for k, v in _gather([state[p] for p in ps]).items(): self.take(k, _cat(v) if isinstance(v, list) else v)
+        self.grads, self.ptrs, self.state = [p.grad for p in ps], [p.data_ptr() for p in ps], {}
+        for k, v in joined.items(): self.take(k, v)
+        for p in ps:  # the same dict objects from one part to the next, so that a dict someone keeps stays the parameter's
+            if isinstance(state[p], _ParamState): state[p].edited = False
+            else: state[p] = _ParamState(state[p], written)
+        self.state_of, self.dicts = state, [state[p] for p in ps]
+        self._synced = {k: (None, [d.get(k) for d in self.dicts]) for k in self.state}  # what each dict holds, to be replaced at `sync`
 
     def views(self, flat): return [v.view_as(p) for v, p in zip(flat.split(self.numels), self.ps)]
 
@@ -382,18 +409,19 @@ class _FlatPart:
                             "needs the per-parameter path: make the optimizer with flat=False.")
         self.state[k] = v
 
-    def sync(self, state):
-        "Write this part's state into each parameter's: the numbers, and views of the flat tensors (made again only when replaced)."
+    def sync(self):
+        "Write this part's state into each parameter's: the numbers, and views of the flat tensors (made again only when replaced); not over a value someone wrote there."
         for k, v in self.state.items():
-            if self._synced.get(k, (None,))[0] is v: continue
-            objs = self.views(v) if isinstance(v, torch.Tensor) else [v] * len(self.ps)
-            for p, o in zip(self.ps, objs): state.setdefault(p, {})[k] = o
-            self._synced[k] = v, objs
+            seen, old = self._synced.get(k, (None, [None] * len(self.ps)))
+            if seen is v: continue
+            new = self.views(v) if isinstance(v, torch.Tensor) else [v] * len(self.ps)
+            for d, o, was in zip(self.dicts, new, old):
+                if d.get(k) is was: dict.__setitem__(d, k, o)
+            self._synced[k] = v, new
 
-    def edited(self, state):
-        "Whether someone bound a new value to the per-parameter state that `sync` wrote into `state`, or added or removed one."
-        return any(state.get(p, {}).keys() != self._synced.keys() or any(state[p][k] is not objs[i] for k, (_, objs) in self._synced.items())
-                   for i, p in enumerate(self.ps))
+    def edited(self):
+        "Whether someone wrote to a parameter's state (a value bound anew, added or removed) or replaced it since this part was made."
+        return any(map(operator.is_not, map(self.state_of.get, self.ps), self.dicts)) or any(map(operator.attrgetter('edited'), self.dicts))
 
     def attach(self):
         "'ok' if every parameter views the buffer with its gradient there (a replaced one copied in); 'moved' or 'no grad' if not."
@@ -457,11 +485,6 @@ class _Structure(TorchFunctionMode):
             if shape or any(t.numel() != self.n for t in _tensors(res)): self.found = getattr(func, '__name__', repr(func))
         return res
 
-def _joined(ps, states):
-    "Tensors `ps` with their gradients and states, joined as one flat parameter's: `(param, grad, state)`; state None if the numbers disagree."
-    state = _gather(states)
-    return _cat(ps), _cat([p.grad for p in ps]), state and {k: _cat(v) if isinstance(v, list) else v for k, v in state.items()}
-
 def _agree(a, b, before=None):
     "Whether `a` (computed on a flat buffer) is `b` (tensor by tensor): equal numbers, or tensors within 1e-3 of `b`'s change from `before`, or of float rounding."
     if not isinstance(b, torch.Tensor): return not isinstance(a, torch.Tensor) and a == b
@@ -478,8 +501,7 @@ def _probe(cbs, ps, state, hyper, k=4):
     pieces = [_flat_param(p.detach().clone(), p.grad.clone(), None) for p in ps[:k]]
     states = [{n: v.clone() if isinstance(v, torch.Tensor) else v for n, v in state[p].items()} for p in ps[:k]]
     before = _joined(pieces, states)
-    flat = _flat_param(before[0].clone(), before[1].clone(), _Segments(torch.tensor([p.numel() for p in pieces], device=before[0].device),
-                                                                      [p.numel() for p in pieces]))
+    flat = _flat_param(before[0].clone(), before[1].clone(), _segments(pieces))
     with torch.random.fork_rng(devices=[flat.device] if flat.device.type == 'cuda' else []):
         for cb in cbs * 2:
             flat.copy_(before[0]); flat.grad.copy_(before[1])
@@ -517,7 +539,7 @@ def _step_flat(self:Optimizer, gi, ps, hyper):
     if 'moved' in status:
         lists = _flat_lists(ps, self._sync())
         if lists is None or not self._flat_ok(gi, lists, hyper): return False
-        parts = self._flat[gi] = [_FlatPart(ps_, self._state) for ps_ in lists]
+        parts = self._flat[gi] = [_FlatPart(ps_, self._state, self._written) for ps_ in lists]
     for part in parts:
         kw = {**part.state, **hyper}
         for cb in self.cbs:
@@ -531,18 +553,19 @@ def _step_flat(self:Optimizer, gi, ps, hyper):
 
 @patch
 def _take_edits(self:Optimizer):
-    "Drop the flat buffers of every group whose per-parameter state was edited through `state` (a value bound anew, added or removed): the next step builds them again from it."
-    for gi in [gi for gi, parts in self._flat.items() if any(part.edited(self._state) for part in parts)]: del self._flat[gi]
-    self._looked = False
+    "Drop the flat buffers of every group whose per-parameter state was edited (a value bound anew, added or removed): the next step builds them again from it."
+    for gi in [gi for gi, parts in self._flat.items() if any(part.edited() for part in parts)]:
+        for part in self._flat.pop(gi): part.sync()
+    self._looked = self._written[0] = False
 
 @patch
 @torch.no_grad()
 def step(self:Optimizer):
     "Update every parameter that has a gradient: each group on its flat buffers if it can be (see `flat`), else parameter by parameter."
-    if self._looked: self._take_edits()
+    if self._looked or self._written[0]: self._take_edits()
     for gi, (ps, hyper) in enumerate(zip(self.param_lists, self.hypers)):
         if self.flat and self._step_flat(gi, ps, hyper): continue
-        for part in self._flat.pop(gi, ()): part.sync(self._state)
+        for part in self._flat.pop(gi, ()): part.sync()
         self._step_per_param([p for p in ps if p.grad is not None], hyper)
 
 # %% ../nbs/16_accel_sgd.ipynb #4279fad8
