@@ -86,16 +86,34 @@ def collate(batch):
 
 # %% ../nbs/03_minibatch.ipynb #bdc861f4
 def _tensor_pair(ds):
-    "The `(x, y)` tensors of `ds` when batches can be built by indexing them directly, else `None`."
+    "The `(x, y)` tensors of `ds`, on one device, when batches can be built by indexing them directly, else `None`."
     xy = (ds.x, ds.y) if isinstance(ds, Dataset) else getattr(ds, 'tensors', None)
-    return xy if xy is not None and len(xy) == 2 and all(isinstance(t, torch.Tensor) for t in xy) else None
+    ok = xy is not None and len(xy) == 2 and all(isinstance(t, torch.Tensor) for t in xy) and xy[0].device == xy[1].device
+    return xy if ok else None
+
+def _index_batches(batches, device):
+    "One epoch's index batches as tensors on `device`, the data's: on another device than the CPU, copied there in one go, not batch by batch."
+    if device.type == 'cpu': return (torch.as_tensor(b) for b in batches)
+    batches = [torch.as_tensor(b) for b in batches]
+    return torch.cat(batches).to(device).split([len(b) for b in batches]) if batches else []
+
+def _rows(t, idxs, pin):
+    "The rows `idxs` of `t`, written straight into pinned memory if `pin`."
+    if not pin: return t.index_select(0, idxs)
+    return torch.index_select(t, 0, idxs, out=torch.empty((len(idxs), *t.shape[1:]), dtype=t.dtype, pin_memory=True))
+
+def _pinned(b):
+    "A collated batch (a tensor, or a tuple or list of them) in pinned memory."
+    if isinstance(b, torch.Tensor): return b.pin_memory()
+    return type(b)(_pinned(o) for o in b) if isinstance(b, (tuple, list)) else b
 
 class DataLoader:
     "Batches of `ds`: `shuffle`d or in order (or in the order of `sampler`), built by `collate_fn`."
     def __init__(self, ds, bs=64, shuffle=False, sampler=None, collate_fn=collate, drop_last=False,
-                 batch_size=None): # PyTorch's name for `bs`, taken as fastai's DataLoader takes it (it wins over `bs`)
+                 batch_size=None, # PyTorch's name for `bs`, taken as fastai's DataLoader takes it (it wins over `bs`)
+                 pin_memory=False): # build batches of CPU data in pinned memory, which a GPU copies from without making the CPU wait
         if batch_size is not None: bs = batch_size
-        self.ds, self.collate_fn, self.drop_last = ds, collate_fn, drop_last
+        self.ds, self.collate_fn, self.drop_last, self.pin_memory = ds, collate_fn, drop_last, pin_memory
         self.sampler = Sampler(ds, bs, shuffle) if sampler is None else sampler
         self.bs = getattr(self.sampler, 'bs', bs)
         self._xy = _tensor_pair(ds) if collate_fn is collate else None
@@ -105,12 +123,14 @@ class DataLoader:
         return n - 1 if self.drop_last and len(self.ds) % self.bs else n
 
     def __iter__(self):
-        for idxs in self.sampler:
+        device = self._xy[0].device if self._xy is not None else torch.device('cpu')
+        pin = self.pin_memory and device.type == 'cpu' and torch.cuda.is_available()
+        for idxs in _index_batches(self.sampler, device):
             if self.drop_last and len(idxs) < self.bs: return
-            if self._xy is not None:
-                idxs = torch.as_tensor(idxs)
-                yield self._xy[0].index_select(0, idxs), self._xy[1].index_select(0, idxs)
-            else: yield self.collate_fn([self.ds[int(i)] for i in idxs])
+            if self._xy is not None: yield tuple(_rows(t, idxs, pin) for t in self._xy)
+            else:
+                b = self.collate_fn([self.ds[int(i)] for i in idxs])
+                yield _pinned(b) if pin else b
 
     def one_batch(self):
         "The first batch (fastai's name): a look at what the model will be given."
