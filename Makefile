@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export MPLBACKEND := Agg
 
-.PHONY: install test export-check nbtest pytest train bench clean
+.PHONY: install test export-check nbtest pytest train bench gpu-wheels test-gpu bench-gpu clean
 
 # Python 3.9 cannot install torch 2.13 or nbdev 2's pins (fastcore>=1.12.3): say so before pip fails obscurely.
 $(BIN)/python:
@@ -52,5 +52,23 @@ train: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
+# The GPU test run, on a machine with a CUDA GPU and no network: every notebook and tests/ with that machine's own Python and torch
+# (GPU_PYTHON, default python3), the packages it lacks installed from the wheels in .whl/ (see .ci/test-gpu).
+test-gpu:
+	GPU_PYTHON=$(GPU_PYTHON) .ci/test-gpu
+
+# On a machine that reaches PyPI: the wheels test-gpu needs, for a GPU machine's CPython $(GPU_PY_VERSION) on x86-64 Linux, into .whl/.
+GPU_PYTHON ?= python3
+GPU_PY_VERSION ?= 3.12
+GPU_PLATFORMS := manylinux_2_34_x86_64 manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_26_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64
+gpu-wheels:
+	rm -rf .whl && $(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PY_VERSION) --implementation cp \
+	  $(foreach p,$(GPU_PLATFORMS),--platform $(p)) -d .whl -r .ci/gpu-wheels.txt
+	@echo "wheels for the GPU test run in .whl/: bring that folder along and run make test-gpu there"
+
+# The GPU rows of the benchmark alone (make bench adds them on a CUDA machine too), with the machine's own Python.
+bench-gpu:
+	PYTHONPATH=$(CURDIR):$(CURDIR)/.gpu-site $(GPU_PYTHON) bench/run.py --only gpu --reps 5
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info .gpu-site

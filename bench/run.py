@@ -1,7 +1,8 @@
 """exp_lib benchmarks. Each measurement runs against its baseline in the same process, interleaved, several
 times after a warm-up; the table shows median times, the ratio (the median of the ratios of the rounds, each one's pair run back to
-back) and whether the target (issues 7, 16 and 21) is met.
-Run with `make bench` (or `python bench/run.py [--reps N]`)."""
+back) and whether the target (issues 7, 16, 21 and 26) is met. The CPU rows run on the CPU whatever the machine has; on a machine with a
+CUDA GPU, the GPU rows (6) are added.
+Run with `make bench` (or `python bench/run.py [--reps N] [--only NAME]`)."""
 import argparse, gc, math, os, statistics, sys, tempfile, time
 from functools import partial
 from pathlib import Path
@@ -58,7 +59,7 @@ def bench_fit(reps):
     def learner():
         torch.manual_seed(0)
         data = DataBunch(DataLoader(Dataset(x, y), bs, shuffle=True), DataLoader(Dataset(xv, yv), 2 * bs))
-        learn = Learner(mlp(), data, opt_func=optim.SGD, lr=0.1, metrics=[accuracy], progress=False, logger=lambda row: None)
+        learn = Learner(mlp(), data, opt_func=optim.SGD, lr=0.1, metrics=[accuracy], progress=False, logger=lambda row: None, device='cpu')
         learn.fit(1)
         assert [type(cb).__name__ for cb in learn.cbs] == ['MoveToDevice', 'TrainEvalCallback', 'AvgStatsCallback', 'Recorder']
         return learn.avg_stats.history[-1]
@@ -69,10 +70,10 @@ def bench_fit(reps):
     return [('Learner.fit, 1 epoch MLP (20k+5k, bs 64)', ours, 'hand-written loop, torch SGD, x[idx]', base, 1.05, 'max', r_base),
             ('Learner.fit, 1 epoch MLP (20k+5k, bs 64)', ours, 'the same, gathering with index_select', same, None, 'max', r_same)]
 
-def layer_params(width, n=40):
-    "160 tensors: n layers Linear(width, width) + BatchNorm1d(width), with gradients (width 32: 45k parameters; 256: 2.6M)."
+def layer_params(width, n=40, device='cpu'):
+    "160 tensors: n layers Linear(width, width) + BatchNorm1d(width), with gradients (width 32: 45k parameters; 256: 2.6M; 1024: 42M)."
     torch.manual_seed(0)
-    ps = [p for _ in range(n) for m in (nn.Linear(width, width), nn.BatchNorm1d(width)) for p in m.parameters()]
+    ps = [p for _ in range(n) for m in (nn.Linear(width, width, device=device), nn.BatchNorm1d(width, device=device)) for p in m.parameters()]
     for p in ps: p.grad = torch.randn_like(p) * 1e-2
     return ps
 
@@ -202,18 +203,19 @@ def bench_loader(reps):
     (ours, base), (_, ratio) = interleaved([drain(ours_dl), drain(torch_dl)], reps)
     return [('DataLoader epoch, shuffled (20k, bs 64)', ours, 'torch DataLoader(TensorDataset)', base, 1 / 5, 'max', ratio)]
 
-def bench_syncs(_reps):
-    "4. Tensor->Python conversions during a fit: they must not grow with the number of batches."
+def bench_syncs(_reps, device='cpu', opt_func=optim.SGD):
+    "4. Tensor->Python conversions (of tensors on the device trained on) during a fit: they must not grow with the number of batches."
     def count(n):
         x, y, bs = task(n)
         xv, yv, _ = task(n // 4)
         learn = Learner(mlp(), DataBunch(DataLoader(Dataset(x, y), bs, shuffle=True), DataLoader(Dataset(xv, yv), 2 * bs)),
-                        opt_func=optim.SGD, lr=0.1, metrics=[accuracy], progress=False, logger=lambda row: None)
-        with SyncCounter() as c: learn.fit(2)
+                        opt_func=opt_func, lr=0.1, metrics=[accuracy], progress=False, logger=lambda row: None, device=device)
+        with SyncCounter(device) as c: learn.fit(2)
         return c.n, 2 * (len(learn.data.train_dl) + len(learn.data.valid_dl))
     (small, nb_small), (big, nb_big) = count(2_000), count(20_000)
     per_batch = (big - small) / (nb_big - nb_small)
-    return [(f'syncs per batch ({big} syncs in {nb_big} batches, {small} in {nb_small})', per_batch, 'none per batch', 1.0, 0, 'abs')]
+    where = '' if device == 'cpu' else f'{device}, {getattr(opt_func, "__name__", "")}: '
+    return [(f'{where}syncs per batch ({big} syncs in {nb_big} batches, {small} in {nb_small})', per_batch, 'none per batch', 1.0, 0, 'abs')]
 
 def ddp_model(big): return nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10)) if big else mlp()
 
@@ -230,7 +232,7 @@ def epoch_seconds(bs, big, reps, cbs=()):
     x, y, _ = task()
     torch.manual_seed(0)
     learn = Learner(ddp_model(big), DataBunch(DataLoader(Dataset(x, y), bs, shuffle=True), None), opt_func=optim.SGD, lr=0.01,
-                    progress=False, logger=lambda r: None, cbs=list(cbs))
+                    progress=False, logger=lambda r: None, cbs=list(cbs), device='cpu')
     times = []
     with learn.distrib_ctx():
         for _ in range(reps + 1):
@@ -265,18 +267,78 @@ def bench_ddp(reps):
         rows.append((f'DDP epoch, {name}, 2 processes (comm {max(two - quiet, 0) / two:.0%})', two, '1 process, 1 thread, batch 128', one, None, 'max'))
     return rows
 
+def gpu_epoch(where, reps):
+    "One epoch on the GPU of the lesson's MLP, Learner against a hand-written loop, with the data in `where`'s memory."
+    dev = torch.device('cuda')
+    (x, y, bs), (xv, yv, _) = task(), task(5_000)
+    x, y, xv, yv = (t.to(where) for t in (x, y, xv, yv))
+    def handwritten():
+        torch.manual_seed(0)
+        model = mlp().to(dev); opt = optim.SGD(model.parameters(), lr=0.1)
+        model.train()
+        perm = torch.randperm(len(x)).to(where)
+        for i in range(0, len(x), bs):
+            idx = perm[i:i + bs]
+            loss = F.cross_entropy(model(x.index_select(0, idx).to(dev)), y.index_select(0, idx).to(dev))
+            loss.backward(); opt.step(); opt.zero_grad()
+        model.eval()
+        with torch.no_grad():
+            tot_loss, tot_acc = 0., 0.
+            for i in range(0, len(xv), 2 * bs):
+                xb, yb = xv[i:i + 2 * bs].to(dev), yv[i:i + 2 * bs].to(dev)
+                pred = model(xb)
+                tot_loss += F.cross_entropy(pred, yb) * len(yb)
+                tot_acc += accuracy(pred, yb) * len(yb)
+        return float(tot_loss) / len(xv), float(tot_acc) / len(xv)
+    def learner():
+        torch.manual_seed(0)
+        data = DataBunch(DataLoader(Dataset(x, y), bs, shuffle=True), DataLoader(Dataset(xv, yv), 2 * bs))
+        learn = Learner(mlp(), data, opt_func=optim.SGD, lr=0.1, metrics=[accuracy], progress=False, logger=lambda row: None, device=dev)
+        learn.fit(1)
+        return learn.avg_stats.history[-1]
+    row, (vloss, vacc) = learner(), handwritten()
+    assert abs(row['valid_loss'] - vloss) < 1e-4 and abs(row['accuracy'] - vacc) < 1e-3, (row, vloss, vacc)
+    (ours, base), (_, ratio) = interleaved([learner, handwritten], reps)
+    return (f'GPU: Learner.fit, 1 epoch MLP (20k+5k, bs 64), data in {where} memory', ours, 'hand-written loop, torch SGD, .to(device)', base, 1.05, 'max', ratio)
+
+def bench_gpu(reps):
+    """6. On a CUDA GPU: one epoch of the Learner against a hand-written loop, with the data in CPU memory (the Learner pins it; the loop
+    copies its batches with .to(device), as most loops do) and on the GPU; optimizer steps against torch's fused AdamW and SGD (160 tensors
+    of 45k, 2.6M and 42M parameters in all); syncs per batch, counting conversions of GPU tensors only (torch.optim's AdamW keeps its
+    step counts on the CPU: those make nobody wait)."""
+    if not torch.cuda.is_available():
+        print("no CUDA GPU here: no GPU rows", file=sys.stderr)
+        return []
+    rows = [gpu_epoch('cpu', reps), gpu_epoch('cuda', reps)]
+    adamw = lambda ps: optim.AdamW(ps, 1e-3, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01, fused=True)
+    cases = [('Adam', lambda ps: Adam(ps, 1e-3, wd=0.01), 'AdamW(fused=True)', adamw),
+             ('SGD momentum', lambda ps: SGD(ps, 1e-2, mom=0.9), 'SGD(fused=True)', lambda ps: optim.SGD(ps, 1e-2, momentum=0.9, fused=True))]
+    for width, steps, size in ((32, 50, '45k'), (256, 20, '2.6M'), (1024, 10, '42M')):
+        for name, ours_make, bname, base_make in cases:
+            def stepper(make):
+                opt = make(layer_params(width, device='cuda'))
+                def run():
+                    for _ in range(steps): opt.step()
+                    torch.cuda.synchronize()
+                return run
+            times, ratios = interleaved([stepper(ours_make), stepper(base_make)], reps)
+            rows.append((f'GPU: {name} step (160 tensors, {size})', times[0] / steps, bname, times[1] / steps, None, 'max', ratios[1]))
+    rows += bench_syncs(reps, 'cuda', optim.AdamW) + bench_syncs(reps, 'cuda', Adam)
+    return rows
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument('--reps', type=int, default=11, help='timed repetitions per measurement (median reported)')
-    ap.add_argument('--only', choices=['fit', 'opt', 'loader', 'syncs', 'ddp'], help='run one benchmark only')
+    ap.add_argument('--only', choices=['fit', 'opt', 'loader', 'syncs', 'ddp', 'gpu'], help='run one benchmark only')
     args = ap.parse_args()
     reps = args.reps
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, medians of {reps} rounds after warm-up ({3 * reps} for the 45k optimizer steps)\n")
     rows = []
-    for b in (bench_fit, bench_opt, bench_loader, bench_syncs, bench_ddp):
+    for b in (bench_fit, bench_opt, bench_loader, bench_syncs, bench_ddp, bench_gpu):
         if args.only and b.__name__ != f'bench_{args.only}': continue
         print(f"running {b.__name__}...", file=sys.stderr, flush=True)
         rows += b(reps)
+    if not rows: return 0
     w = max(len(r[0]) for r in rows)
     print(f"{'measurement':{w}}  {'ours':>10}  {'baseline':36}  {'base':>10}  {'ratio':>6}  {'target':>8}  result")
     ok_all = True

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 from torch.overrides import TorchFunctionMode
 from fastcore.basics import patch
 from .callbacks import (Callback, Learner, CancelFitException, AvgStatsCallback, defaults, _param_groups,
-                               _check_hyper, _check_positive, _per_group, _freeze_groups, _one_group, norm_bias_params)
+                               _check_hyper, _check_positive, _per_group, _freeze_groups, _one_group, _state_to_params, norm_bias_params)
 from .anneal import ParamScheduler, Recorder, combine_scheds, cos_1cycle_anneal, sched_cos, sched_no
 
 # %% ../nbs/16_accel_sgd.ipynb #6a0f2cbc
@@ -284,7 +284,10 @@ class Lookahead:
     def state_dict(self): return {'opt': self.opt.state_dict(), 'count': self.count, 'slow': self.slow}
     def load_state_dict(self, sd):
         self.opt.load_state_dict(sd['opt'])
-        self.count, self.slow = sd['count'], None if sd['slow'] is None else [s.clone() for s in sd['slow']]
+        self.count, self.slow = sd['count'], None if sd['slow'] is None else [s.to(p.device, copy=True) for s, p in zip(sd['slow'], self.opt.all_params)]
+    def state_to_params(self):
+        self.opt.state_to_params()
+        if self.slow is not None: self.slow = [s.to(p.device) for s, p in zip(self.slow, self.opt.all_params)]
 
 def ranger(params, lr, mom=0.95, wd=0.01, eps=1e-6, k=6, alpha=0.5, **kwargs):
     "RAdam inside Lookahead."
@@ -317,6 +320,13 @@ def load_state_dict(self:Optimizer, sd):
     for h, saved in zip(self.hypers, sd['hypers']): _check_hypers(saved, 'load_state_dict'); h.clear(); h.update(saved)
     self._state = {ps[int(i)]: {k: _copy(v, ps[int(i)]) for k, v in s.items()} for i, s in sd['state'].items()}
     self._flat.clear()
+
+@patch
+def state_to_params(self:Optimizer):
+    "Move each tensor of the state to its parameter's device: wherever the model went (`model.to(...)`), its state follows."
+    for p, s in self._sync().items():
+        moved = {k: v.to(p.device) for k, v in s.items() if isinstance(v, torch.Tensor) and v.device != p.device}
+        if moved: s.update(moved)
 
 @patch
 def clear_state(self:Optimizer):
@@ -537,6 +547,7 @@ def _step_flat(self:Optimizer, gi, ps, hyper):
     status = {part.attach() for part in parts} if parts else {'moved'}
     if 'no grad' in status: return False
     if 'moved' in status:
+        self.state_to_params()
         lists = _flat_lists(ps, self._sync())
         if lists is None or not self._flat_ok(gi, lists, hyper): return False
         parts = self._flat[gi] = [_FlatPart(ps_, self._state, self._written) for ps_ in lists]
@@ -629,6 +640,7 @@ class OptimWrapper:
     def state_dict(self): return self.opt.state_dict()
     def load_state_dict(self, sd): self.opt.load_state_dict(sd)
     def clear_state(self): self.opt.state.clear()
+    def state_to_params(self): _state_to_params(self.opt)
     def freeze_to(self, n): _freeze_groups([pg['params'] for pg in self.opt.param_groups], n)
     def freeze(self):
         if len(self.opt.param_groups) < 2: raise ValueError(_one_group)

@@ -18,7 +18,8 @@ import matplotlib.pyplot as plt
 from fastcore.basics import patch
 from .minibatch import accuracy
 from .callbacks import (Callback, Learner, TrainEvalCallback, ProgressCallback, AvgStatsCallback,
-                               CancelFitException, CancelValidException, defaults, rank_distrib, _cb_states, ensure_folder)
+                               CancelFitException, CancelValidException, defaults, rank_distrib, rng_states, set_rng_states,
+                               _cb_states, _resumes, ensure_folder)
 
 # %% ../nbs/05_anneal.ipynb #461b27dd
 class Recorder(Callback):
@@ -32,9 +33,10 @@ class Recorder(Callback):
         return list(dict.fromkeys(['lr'] + (['mom'] if 'mom' in pg else []) + scheduled))
 
     def before_fit(self):
-        self._reset()
         self.pgs = list(self.learn.opt.param_groups) if self.learn.opt is not None else []
-        self.hypers = {k: [] for k in self._hyper_names(self.pgs[0] if self.pgs else {})}
+        names = self._hyper_names(self.pgs[0] if self.pgs else {})
+        if not (_resumes(self.learn, len(self.epoch_ends)) and list(self.hypers) == names): self._reset()
+        self.hypers = {k: self.hypers.get(k, []) for k in names}
 
     def after_batch(self):
         learn = self.learn
@@ -51,19 +53,33 @@ class Recorder(Callback):
     values = property(lambda self: [[row[k] for k in self.metric_names[1:-1]] for row in self.metrics],
                       doc="Per epoch, `[train_loss, valid_loss, *metrics]` (fastai's name)")
 
+    def _smooth_new(self):
+        "Smooth the losses recorded since the last time."
+        new = self.losses[len(self._smooth):]
+        if not new: return
+        for i, l in enumerate(torch.stack(new).double().tolist(), len(self._smooth) + 1):
+            self._avg = self.beta * self._avg + (1 - self.beta) * l
+            self._smooth.append(self._avg / (1 - self.beta ** i))
+
     @property
     def smooth_losses(self):
         "Debiased exponential moving average of the loss, one value per training batch (computed when asked)."
-        new = self.losses[len(self._smooth):]
-        if new:
-            for i, l in enumerate(torch.stack(new).double().tolist(), len(self._smooth) + 1):
-                self._avg = self.beta * self._avg + (1 - self.beta) * l
-                self._smooth.append(self._avg / (1 - self.beta ** i))
+        self._smooth_new()
         return torch.tensor(self._smooth)
     @property
     def smooth_loss(self):
         "The latest smoothed loss."
         return float(self.smooth_losses[-1]) if self.losses else float('nan')
+
+    def state_dict(self):
+        "The record, for checkpoints: a fit that resumes from one records on, so plots and smoothed loss cover the whole run."
+        return {'losses': torch.stack(self.losses).cpu() if self.losses else torch.zeros(0), 'epoch_ends': list(self.epoch_ends),
+                'hypers': {k: torch.tensor(v, dtype=torch.float64) for k, v in self.hypers.items()}}
+    def load_state_dict(self, sd):
+        self._reset()
+        self.losses, self.epoch_ends = list(sd['losses']), list(sd['epoch_ends'])
+        self.hypers = {k: v.tolist() for k, v in sd['hypers'].items()}
+        self._smooth_new()  # now, on the CPU: the next fit's losses may be on another device
 
 # %% ../nbs/05_anneal.ipynb #46ef2957
 @patch
@@ -211,7 +227,7 @@ class LRFinder(Callback):
         self.lrs, self.losses, self.best, self.avg = [], [], math.inf, 0.
         learn = self.learn
         self.snap = dict(model=copy.deepcopy(learn.model.state_dict()), opt=copy.deepcopy(learn.opt.state_dict()),
-                         cbs=copy.deepcopy(_cb_states(learn)), rng=torch.get_rng_state(), training=learn.model.training)
+                         cbs=copy.deepcopy(_cb_states(learn)), rng=rng_states(), training=learn.model.training)
     def before_batch(self):
         if self.learn.training: self.learn.set_hyper('lr', self.sched(self.learn.train_iter / (self.num_it - 1)))
     def after_loss(self):
@@ -232,7 +248,7 @@ class LRFinder(Callback):
         learn.model.load_state_dict(snap['model'])
         learn.opt.load_state_dict(snap['opt'])
         for name, sd in snap['cbs'].items(): getattr(learn, name).load_state_dict(sd)
-        torch.set_rng_state(snap['rng'])
+        set_rng_states(snap['rng'])
         learn.model.train(snap['training'])
 
 # %% ../nbs/05_anneal.ipynb #e8591ba9

@@ -6,10 +6,10 @@
 __all__ = ['DataLoaders', 'event', 'defaults', 'rmse', 'DataBunch', 'CancelBatchException', 'CancelBackwardException',
            'CancelStepException', 'CancelTrainException', 'CancelValidException', 'CancelEpochException',
            'CancelFitException', 'Callback', 'sort_by_run', 'params', 'trainable_params', 'norm_bias_params', 'apply',
-           'to_detach', 'rank_distrib', 'print_row', 'Learner', 'TrainEvalCallback', 'Metric', 'AvgMetric', 'AvgLoss',
-           'AccumMetric', 'mk_metric', 'error_rate', 'mae', 'AvgStats', 'AvgStatsCallback', 'ProgressCallback',
-           'GatherPreds', 'ensure_folder', 'atomic_save', 'checkpoint_meta', 'load_learner', 'TrackerCallback',
-           'SaveModelCallback', 'EarlyStoppingCallback', 'ReduceLROnPlateau']
+           'to_detach', 'rng_states', 'set_rng_states', 'rank_distrib', 'print_row', 'Learner', 'TrainEvalCallback',
+           'Metric', 'AvgMetric', 'AvgLoss', 'AccumMetric', 'mk_metric', 'error_rate', 'mae', 'AvgStats',
+           'AvgStatsCallback', 'ProgressCallback', 'GatherPreds', 'ensure_folder', 'atomic_save', 'checkpoint_meta',
+           'load_learner', 'TrackerCallback', 'SaveModelCallback', 'EarlyStoppingCallback', 'ReduceLROnPlateau']
 
 # %% ../nbs/04_callbacks.ipynb #6c9a4f58
 import contextlib, difflib, math, numbers, operator, os, pickle, random, re, sys, time, warnings
@@ -233,6 +233,19 @@ def to_detach(o):
 def _as_tuple(v):
     "`v` as a tuple: a tuple as is, a list converted, anything else (one tensor) wrapped."
     return v if isinstance(v, tuple) else tuple(v) if isinstance(v, list) else (v,)
+
+def rng_states():
+    "The state of every random generator training draws from: Python's, the CPU's and, once CUDA is in use, each GPU's (dropout there)."
+    res = {'torch': torch.get_rng_state(), 'python': random.getstate()}
+    if torch.cuda.is_initialized(): res['cuda'] = torch.cuda.get_rng_state_all()
+    return res
+
+def set_rng_states(states):
+    "Put back the generators' `states`, as `rng_states` gave them; the GPUs' only where there are GPUs (a checkpoint from one loads anywhere)."
+    torch.set_rng_state(states['torch'])
+    random.setstate(states['python'])
+    cuda = states.get('cuda')
+    if cuda and torch.cuda.is_available(): torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])
 
 def rank_distrib():
     "This process's rank when training on several (torch.distributed), else 0: only rank 0 draws bars and writes files."
@@ -593,6 +606,10 @@ class TrainEvalCallback(Callback):
 # %% ../nbs/04_callbacks.ipynb #598feb00
 def _fmt_time(t): return f"{int(t)//60:02d}:{int(t)%60:02d}"
 
+def _resumes(learn, n_epochs):
+    "Whether this fit resumes a run from a record of its first `n_epochs` epochs (`start_epoch` is that many): the record then goes on."
+    return 0 < learn.start_epoch == n_epochs
+
 def _stack(vals):
     "One 1-d float64 tensor from per-batch values (0-d tensors or numbers)."
     return (torch.stack([v.reshape(()) for v in vals]) if isinstance(vals[0], torch.Tensor) else torch.tensor(vals)).double()
@@ -742,7 +759,7 @@ class AvgStatsCallback(Callback):
     @property
     def names(self): return ['epoch', 'train_loss', 'valid_loss'] + [m.name for m in self.metrics] + ['time']
     def before_fit(self):
-        self.history = []
+        if not _resumes(self.learn, len(self.history)): self.history = []
         self.learn.logger(self.names)
     def before_epoch(self):
         self.train_stats.reset(); self.valid_stats.reset()
@@ -758,6 +775,8 @@ class AvgStatsCallback(Callback):
     def format(self, row):
         "The strings of one row of the epoch table."
         return [str(row['epoch'])] + [f'{row[k]:.6f}' for k in self.names[1:-1]] + [_fmt_time(row['time'])]
+    def state_dict(self): return {'history': [dict(r) for r in self.history]}
+    def load_state_dict(self, sd): self.history = [dict(r) for r in sd['history']]
 
 # %% ../nbs/04_callbacks.ipynb #35412262
 _bar_kinds = {'html': (NBMasterBar, NBProgressBar), 'console': (ConsoleMasterBar, ConsoleProgressBar)}
@@ -815,7 +834,7 @@ _loop_state = ('dl', 'training', 'iter', 'n_iter', 'xb', 'yb', 'pred', 'loss', '
 @patch
 def _infer(self:Learner, dl, cbs=(), n_inp=None):
     "Run the validation part of the loop over `dl` with the callbacks that shape the computation and `cbs`; change nothing else."
-    state, mode, rng = {k: getattr(self, k) for k in _loop_state}, self.model.training, torch.get_rng_state()
+    state, mode, rng = {k: getattr(self, k) for k in _loop_state}, self.model.training, rng_states()
     aside = [cb for cb in self.cbs if not cb.run_probe or isinstance(cb, ProgressCallback)]
     try:
         with self.removed_cbs(aside), self.added_cbs(cbs), torch.no_grad():
@@ -824,7 +843,7 @@ def _infer(self:Learner, dl, cbs=(), n_inp=None):
     finally:
         for k, v in state.items(): setattr(self, k, v)
         self.model.train(mode)
-        torch.set_rng_state(rng)
+        set_rng_states(rng)
 
 def _cat(batches):
     "One tensor (or tuple, list, dict of them) from per-batch ones, joined along the first dimension."
@@ -1008,7 +1027,7 @@ def save(self:Learner, path, with_opt=True, meta=None):
     return atomic_save({'format': _CKPT_FORMAT, 'meta': dict(meta or {}), 'model': _plain(self.model).state_dict(),
                         'opt': self.opt.state_dict() if with_opt else None, 'opt_kind': _opt_kind(self.opt) if with_opt else None,
                         'epochs_done': getattr(self, 'epochs_done', 0), 'cbs': _cb_states(self),
-                        'rng': {'torch': torch.get_rng_state(), 'python': random.getstate()}}, path)
+                        'rng': rng_states()}, path)
 
 def _read_checkpoint(path):
     "The checkpoint dict in `path`, onto the CPU, after checking it is one (and without running any code it may hold)."
@@ -1057,8 +1076,7 @@ def load(self:Learner, path, with_opt=True):
         cb = getattr(self, name, None)
         if isinstance(cb, Callback) and hasattr(type(cb), 'load_state_dict'): cb.load_state_dict(sd)
         else: warnings.warn(f"{path} holds the state of a callback {name!r} that this learner does not have; it was not loaded.")
-    torch.set_rng_state(ckpt['rng']['torch'])
-    random.setstate(ckpt['rng']['python'])
+    set_rng_states(ckpt['rng'])
     self.epochs_done = ckpt['epochs_done']
     return self
 
@@ -1174,6 +1192,12 @@ def _freeze_groups(param_lists, n, keep=frozenset()):
 def _clear_state(opt):
     if hasattr(opt, 'clear_state'): opt.clear_state()
     else: opt.state.clear()
+
+def _state_to_params(opt):
+    "Move each tensor of `opt`'s state to its parameter's device (the model moved): a torch optimizer's through its `load_state_dict`, which keeps a step count where torch wants it."
+    if hasattr(opt, 'state_to_params'): return opt.state_to_params()
+    if any(isinstance(v, torch.Tensor) and k != 'step' and v.device != p.device for p, s in opt.state.items() for k, v in s.items()):
+        opt.load_state_dict(opt.state_dict())
 
 @patch
 def freeze_to(self:Learner, n, train_bn=None):

@@ -18,7 +18,7 @@ from fastcore.basics import patch
 from .minibatch import DataLoader, Sampler
 from .callbacks import Callback, Learner, AvgStats, AvgMetric, AccumMetric, rank_distrib, _stack
 from .accel_sgd import TerminateOnNaNCallback
-from .hardware import GradientAccumulation
+from .hardware import GradientAccumulation, resolve_device
 
 # %% ../nbs/18_distributed.ipynb #ca1c3bb5
 class ShardSampler:
@@ -56,7 +56,7 @@ def _shard(dl, train, device):
         shuffled = train and getattr(dl.sampler, 'shuffle', False)
         sampler = ShardSampler(n, dl.bs, rank, world, order=partial(_shared_order, n, device) if shuffled else None,
                                drop_uneven=train, drop_last=dl.drop_last)
-        return DataLoader(dl.ds, sampler=sampler, collate_fn=dl.collate_fn)
+        return DataLoader(dl.ds, sampler=sampler, collate_fn=dl.collate_fn, pin_memory=dl.pin_memory)
     if isinstance(dl, tud.DataLoader):
         ds = dl.dataset
         sampler = (tud.DistributedSampler(ds, world, rank, shuffle=isinstance(dl.sampler, tud.RandomSampler), drop_last=True) if train
@@ -142,20 +142,30 @@ class DistributedTrainer(Callback):
 # %% ../nbs/18_distributed.ipynb #336f6c5f
 def _in_torchrun(): return all(k in os.environ for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR'))
 
+def _rank_device(device):
+    "This process's device in a job: on GPUs, its own, `cuda:LOCAL_RANK` (one process per GPU); elsewhere `device`."
+    device = resolve_device(device)
+    if device.type != 'cuda': return device
+    local, n = int(os.environ.get('LOCAL_RANK', 0)), torch.cuda.device_count()
+    if local >= n: raise RuntimeError(f"This machine has {n} GPU(s), and this is its process number {local} (LOCAL_RANK): training takes one "
+                                      f"process per GPU. Start at most {n} process(es) per machine, or train the processes on the CPU (device='cpu').")
+    return torch.device('cuda', local)
+
 @patch
 @contextlib.contextmanager
 def distrib_ctx(self:Learner, backend=None, timeout=timedelta(minutes=5), **ddp_kwargs):
     "Inside the block, train on all the processes of this job (`torchrun`); in a single process, do nothing."
     started = False
     if not dist.is_initialized() and _in_torchrun() and int(os.environ['WORLD_SIZE']) > 1:
-        if torch.cuda.is_available(): torch.cuda.set_device(int(os.environ['LOCAL_RANK']))
-        dist.init_process_group(backend or ('nccl' if torch.cuda.is_available() else 'gloo'), timeout=timeout)
+        self.device = _rank_device(self.device)
+        if self.device.type == 'cuda': torch.cuda.set_device(self.device)
+        dist.init_process_group(backend or ('nccl' if self.device.type == 'cuda' else 'gloo'), timeout=timeout)
         started = True
     try:
         if num_distrib() <= 1 or not dist.is_initialized():
             yield self
             return
-        if self.device is not None and torch.device(self.device).type == 'cuda': self.device = torch.device('cuda', torch.cuda.current_device())
+        if resolve_device(self.device).type == 'cuda': self.device = torch.device('cuda', torch.cuda.current_device())
         with self.added_cbs([DistributedTrainer(**ddp_kwargs)]): yield self
     finally:
         if started:

@@ -12,7 +12,9 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from fastcore.basics import patch
-from .callbacks import Callback, Learner, CancelBatchException, CancelStepException, apply, defaults, _check_positive
+from .minibatch import DataLoader
+from .callbacks import (Callback, Learner, CancelBatchException, CancelStepException, apply, defaults, _check_positive,
+                               _state_to_params)
 
 # %% ../nbs/17_hardware.ipynb #8e00a988
 def _available(d):
@@ -46,14 +48,33 @@ def to_device(b, device, non_blocking=True):
     return apply(lambda t: t.to(device, non_blocking=non_blocking), b)
 
 # %% ../nbs/17_hardware.ipynb #0cf888d2
+def _indexed(d):
+    "The device `d` with its index, as its tensors say it: 'cuda' is the current GPU (asked only now, when the model goes there)."
+    if d.index is not None or d.type == 'cpu': return d
+    return torch.device(d.type, torch.cuda.current_device() if d.type == 'cuda' else 0)
+
+def _pinnable(dl, device):
+    "Whether `dl` is an exp_lib `DataLoader` that could build its batches in pinned memory for `device`, and does not yet."
+    return device.type == 'cuda' and isinstance(dl, DataLoader) and not dl.pin_memory
+
 class MoveToDevice(Callback):
-    "Trains on `learn.device`: checks it when the learner is made, moves the model at `before_fit` and every batch at `before_batch`."
-    order = -20
+    "Trains on `learn.device`: checks it when the learner is made; at `before_fit` moves the model (its optimizer state after it) and pins the loaders' batches; moves every batch at `before_batch`."
+    order, _pinned = -20, ()
     def after_create(self): self.learn.device = resolve_device(self.learn.device)
+    def _place_model(self):
+        learn = self.learn
+        learn.device = _indexed(resolve_device(learn.device))
+        learn.model.to(learn.device)
     def before_fit(self):
-        self.learn.device = resolve_device(self.learn.device)
-        self.learn.model.to(self.learn.device)
-    def before_validate(self): self.learn.model.to(self.learn.device)
+        learn = self.learn
+        self._place_model()
+        if learn.opt is not None: _state_to_params(learn.opt)
+        self._pinned = [dl for dl in (learn.data.train_dl, learn.data.valid_dl) if _pinnable(dl, learn.device)]
+        for dl in self._pinned: dl.pin_memory = True
+    def after_fit(self):
+        for dl in self._pinned: dl.pin_memory = False
+        self._pinned = ()
+    before_validate = _place_model
     def before_batch(self):
         learn, dev = self.learn, self.learn.device
         if all(isinstance(t, torch.Tensor) and t.device == dev for t in learn.xb + learn.yb): return
@@ -63,11 +84,14 @@ defaults.callbacks = [c for c in defaults.callbacks if c.__name__ != 'MoveToDevi
 
 # %% ../nbs/17_hardware.ipynb #05875f20
 class SyncCounter(TorchFunctionMode):
-    "A context manager that counts the tensor-to-Python conversions (`.item()`, `float`, `bool`, `.tolist()`...) in its block."
+    "A context manager that counts the conversions to Python values (`.item()`, `float`, `bool`, `.tolist()`...) of tensors on `device` in its block."
     names = {'item', '__float__', '__int__', '__bool__', '__index__', 'tolist', '__format__', 'numpy', '__array__'}
-    def __init__(self): super().__init__(); self.n = 0
+    def __init__(self, device=None): # whose tensors count (default: `default_device()`, where training runs)
+        super().__init__()
+        self.n, self.device_type = 0, resolve_device(device).type
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, '__name__', '') in self.names: self.n += 1
+        t = args[0] if args else None
+        if getattr(func, '__name__', '') in self.names and isinstance(t, torch.Tensor) and t.device.type == self.device_type: self.n += 1
         return func(*args, **(kwargs or {}))
 
 # %% ../nbs/17_hardware.ipynb #4e59a363
@@ -92,7 +116,8 @@ class MixedPrecision(Callback):
         self.scaler, self._saved, self._in_autocast, self._unscaled = None, None, False, False
 
     def _make_scaler(self, device_type):
-        if self.scaler is None or self._scaler_device != device_type:
+        if self.scaler is not None and self._scaler_device != device_type: self._saved, self.scaler = self.scaler.state_dict(), None  # the model moved: the scale goes along
+        if self.scaler is None:
             self.scaler, self._scaler_device = torch.amp.GradScaler(device_type, init_scale=self.init_scale), device_type
         if self._saved is not None: self.scaler.load_state_dict(self._saved); self._saved = None
 

@@ -122,6 +122,13 @@ def _device(choice):
     try: return resolve_device(None if choice == 'auto' else choice)
     except ValueError as e: raise _UsageError(str(e)) from None
 
+def _check_gpus(nproc, device):
+    "One process per GPU: refuse `--nproc` above this machine's number of GPUs when training on them."
+    n = torch.cuda.device_count()
+    if device.type == 'cuda' and nproc > n:
+        raise _UsageError(f"--nproc {nproc} starts one process per GPU, and this machine has {n} GPU(s); use --nproc {n} or fewer, "
+                          f"or --device cpu to train {nproc} processes on the CPU")
+
 def _load_data(path, bs):
     try: x_train, y_train, x_valid, y_valid = get_mnist(path)
     except (FileNotFoundError, ValueError) as e: raise _UsageError(str(e)) from None
@@ -342,6 +349,7 @@ def main(argv=None):
         if args.checkpoint_every_epoch: args.checkpoint_every_epoch = _ckpt_path(args.checkpoint_every_epoch, '--checkpoint-every-epoch')
         if args.tensorboard: args.tensorboard = _log_dir(args.tensorboard)
         args.device = _device(args.device)
+        if args.nproc > 1: _check_gpus(args.nproc, args.device)
         data = _load_data(args.data, args.bs)
         if args.resume: _resume_from(args)
         if args.nproc > 1 and 'LOCAL_RANK' not in os.environ: return _launch(args, argv)

@@ -112,4 +112,6 @@ def test_an_exported_learner_predicts_the_same_in_a_fresh_process(tmp_path):
     assert p.returncode == 0, p.stderr
     c, opt, first = p.stdout.split()
     assert (c, opt) == ('10', 'None') and int(first) == int(learn.predict(xs[0])[1])
-    assert torch.equal(torch.load(tmp_path/'probs.pt', weights_only=True), torch.stack([learn.predict(x)[2] for x in xs]))
+    here, there = torch.stack([learn.predict(x)[2] for x in xs]), torch.load(tmp_path/'probs.pt', weights_only=True)
+    if learn.device.type == 'cpu': assert torch.equal(there, here)
+    else: assert torch.allclose(there, here, rtol=0, atol=64 * torch.finfo(here.dtype).eps), (there - here).abs().max()  # the GPU rounds otherwise

@@ -64,6 +64,8 @@ def test_a_diverging_run_exits_1_naming_epoch_and_batch(cli, tmp_path):
     assert re.search(r'became NaN or infinite at epoch 0, batch \d+', r.stderr), r.stderr
     assert 'final validation accuracy' not in r.stdout
 
+UNAVAILABLE = 'mps' if torch.cuda.is_available() else 'cuda'  # a choice of --device that this machine lacks, whatever it is
+
 @pytest.mark.parametrize('args, message', [
     (['--opt', 'adamax'], "invalid choice: 'adamax' (choose from 'sgd', 'momentum'"),
     (['--compare', 'sgd,nadam'], "unknown optimizer(s) ['nadam']"),
@@ -87,8 +89,7 @@ def test_a_diverging_run_exits_1_naming_epoch_and_batch(cli, tmp_path):
     (['--clip', '-1'], 'must be a finite number > 0, got -1'),
     (['--clip', 'nan'], 'must be a finite number > 0, got nan'),
     (['--precision', 'fp64'], "invalid choice: 'fp64'"),
-    pytest.param(['--device', 'cuda'], "device='cuda', but this machine has no such device",
-                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has CUDA')),
+    (['--device', UNAVAILABLE], f"device={UNAVAILABLE!r}, but this machine has no such device"),
     (['--data', '{tmp}/nowhere'], 'nowhere does not exist'),
     (['--data', '{tmp}/notes.pkl.gz'], 'notes.pkl.gz is not a complete gzip file'),
     (['--out', '{tmp}/notes.pkl.gz/sub'], 'Cannot write the plots and tables: {tmp}/notes.pkl.gz is a file, not a folder'),
@@ -110,10 +111,9 @@ def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, args, message):
 
 
 def test_an_unavailable_device_from_the_environment_is_a_usage_error(cli, tmp_path, monkeypatch):
-    if torch.cuda.is_available(): pytest.skip('this machine has CUDA')
-    monkeypatch.setenv('EXP_LIB_DEVICE', 'cuda')
+    monkeypatch.setenv('EXP_LIB_DEVICE', 'cuda:99')
     r = cli('--out', tmp_path, '--no-progress')
-    assert r.returncode == 2 and "EXP_LIB_DEVICE='cuda', but this machine has no such device" in r.stderr, r.stderr
+    assert r.returncode == 2 and "EXP_LIB_DEVICE='cuda:99', but this machine has no such device" in r.stderr, r.stderr
 
 def test_mixed_precision_accumulation_and_clipping_train(cli, tmp_path):
     r = cli('--precision', 'fp16', '--accum', '2', '--clip', '1', '--device', 'cpu', '--epochs', '2', '--out', tmp_path, '--no-progress')
@@ -150,6 +150,20 @@ def test_a_killed_run_resumes_to_the_same_weights_bitwise(cli, tmp_path):
     assert rows('a') == rows('b') and len(rows('a')) == 5
     other = cli(*run, '--opt', 'sgd', '--out', tmp_path/'c', '--resume', tmp_path/'ck.pt')
     assert other.returncode == 2 and "--opt 'adam' (this run: 'sgd')" in other.stderr and len(other.stderr.strip().splitlines()) == 1, other.stderr
+
+def test_a_resumed_run_is_not_taken_for_a_diverging_one(cli, tmp_path):
+    """Killed after its second checkpoint, this run resumed and exited 1, "the training loss rose far above its minimum": the check read
+    the resumed fit's first smoothed loss as where training began. The loss record now goes on from the checkpoint's, as one run's."""
+    run = ['--epochs', '4', '--bs', '8', '--no-progress']  # the default seed: the run of the report
+    killed = subprocess.run([sys.executable, '-c', KILLED_AFTER, '1', *run, '--out', str(tmp_path/'a'), '--checkpoint-every-epoch', str(tmp_path/'ck.pt')],
+                            capture_output=True, text=True, timeout=600, env={**os.environ, 'MPLBACKEND': 'Agg'})
+    assert killed.returncode == -9, (killed.returncode, killed.stderr)
+    resumed = cli(*run, '--out', tmp_path/'a', '--resume', tmp_path/'ck.pt', '--save', tmp_path/'resumed.pt')
+    assert resumed.returncode == 0, resumed.stderr
+    whole = cli(*run, '--out', tmp_path/'b', '--save', tmp_path/'whole.pt')
+    assert whole.returncode == 0, whole.stderr
+    rec = lambda f: torch.load(tmp_path/f, weights_only=True)['cbs']['recorder']
+    assert torch.equal(rec('resumed.pt')['losses'], rec('whole.pt')['losses']) and rec('whole.pt')['epoch_ends'] == rec('resumed.pt')['epoch_ends']
 
 def test_tensorboard_logs_are_written(cli, tmp_path):
     r = cli('--epochs', '1', '--out', tmp_path, '--no-progress', '--tensorboard', tmp_path/'tb')

@@ -1,4 +1,5 @@
-"""Data-parallel training on 2 CPU processes (gloo, one thread each), against one process training on the global batches.
+"""Data-parallel training on 2 CPU processes (gloo, one thread each, on the CPU whatever GPUs the machine has), against one process
+training on the global batches.
 The cases run inside as few spawns as possible (starting a process costs ~4 s, mostly `import torch`)."""
 import gc, os, re, subprocess, sys, time
 from functools import partial
@@ -29,7 +30,7 @@ def learner(bs, opt_func, lr, cbs=(), torch_loaders=False, **kw):
     if torch_loaders: data = DataBunch(tud.DataLoader(tud.TensorDataset(x, y), bs, shuffle=True), tud.DataLoader(tud.TensorDataset(xv, yv), 2 * bs))
     else: data = DataBunch(DataLoader(Dataset(x, y), bs, shuffle=True), DataLoader(Dataset(xv, yv), 2 * bs))
     return Learner(model, data, opt_func=opt_func, lr=lr, metrics=[accuracy, AccumMetric(f1_class0, dim_argmax=-1)], progress=False,
-                   cbs=list(cbs), **kw)
+                   cbs=list(cbs), device='cpu', **kw)
 
 def weights(learn): return [p.detach().clone() for p in learn.model.parameters()]
 
@@ -155,10 +156,38 @@ def test_a_failing_rank_ends_the_run_with_its_error(tmp_path):
     assert time.time() - start < 60
 
 def test_the_command_on_two_processes(cli, tmp_path):
-    r = cli('--nproc', '2', '--epochs', '1', '--bs', '32', '--out', tmp_path, '--no-progress', '--checkpoint-every-epoch', tmp_path/'ck.pt')
+    r = cli('--nproc', '2', '--device', 'cpu', '--epochs', '1', '--bs', '32', '--out', tmp_path, '--no-progress', '--checkpoint-every-epoch', tmp_path/'ck.pt')
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count('train_loss') == 1 and r.stdout.count('final validation accuracy') == 1
     assert float(re.search(r'final validation accuracy: ([0-9.]+)', r.stdout).group(1)) > 0.8
     assert (tmp_path/'confusion.png').exists() and len((tmp_path/'history.csv').read_text().splitlines()) == 2
-    bad = cli('--nproc', '2', '--compare', 'sgd,adam', '--out', tmp_path, '--no-progress')
+    bad = cli('--nproc', '2', '--device', 'cpu', '--compare', 'sgd,adam', '--out', tmp_path, '--no-progress')
     assert bad.returncode == 2 and '--nproc is for one run' in bad.stderr
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+def epoch_table(folder):
+    "The epoch, losses and accuracy of each row of a run's history.csv (the time column aside)."
+    import csv
+    return [[float(v) for v in row[:4]] for row in list(csv.reader(open(folder/'history.csv')))[1:]]
+
+def test_two_machines_give_the_epoch_table_of_one_process(cli, tmp_path):
+    "Two torchrun agents on this machine stand for two machines (--nnodes 2, one process each), as README's line starts them on two."
+    port, args = free_port(), ['--epochs', '2', '--device', 'cpu', '--no-progress', '--seed', '3']
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
+    nodes = [subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--nnodes', '2', '--node_rank', str(r), '--nproc_per_node', '1',
+                               '--master_addr', '127.0.0.1', '--master_port', str(port), '-m', 'exp_lib.train', *args, '--bs', '32',
+                               '--out', str(tmp_path/'two')], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for r in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], [err[-2000:] for _, err in outs]
+    assert outs[0][0].count('final validation accuracy') == 1 and 'final validation accuracy' not in outs[1][0], 'the first machine alone reports'
+    one = cli(*args, '--bs', '64', '--out', tmp_path/'one')
+    assert one.returncode == 0, one.stderr
+    two, single = epoch_table(tmp_path/'two'), epoch_table(tmp_path/'one')
+    assert len(two) == len(single) == 2
+    for a, b in zip(two, single):
+        assert a[0] == b[0] and all(abs(x - y) <= 1e-5 for x, y in zip(a[1:], b[1:])), (two, single)

@@ -1,4 +1,4 @@
-"""`exp_lib_train --nproc 2` stopped as job schedulers, IDE stop buttons, `timeout` and Ctrl-C stop it: every process it started ends
+"""`exp_lib_train --nproc 2` (two CPU processes, whatever GPUs the machine has) stopped as job schedulers, IDE stop buttons, `timeout` and Ctrl-C stop it: every process it started ends
 within seconds, nothing is written after, one line says why, and a run killed with --checkpoint-every-epoch resumes bitwise."""
 import os, shutil, signal, subprocess, sys, time
 from pathlib import Path
@@ -27,7 +27,7 @@ def running(pid):
 
 def start(out, *extra, prefix=()):
     "A long 2-process run, in a session of its own (so the test can signal its group as a terminal's Ctrl-C does); returns once it trains."
-    cmd = [*prefix, exe(), '--nproc', '2', '--epochs', '1000', '--no-progress', '--out', str(out), *map(str, extra)]
+    cmd = [*prefix, exe(), '--nproc', '2', '--device', 'cpu', '--epochs', '1000', '--no-progress', '--out', str(out), *map(str, extra)]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                          env={**os.environ, 'MPLBACKEND': 'Agg'})
     deadline = time.monotonic() + 120
@@ -74,7 +74,7 @@ def test_sigkill_to_the_parent_takes_the_rest_with_it(tmp_path):
     assert p.returncode == -9
 
 def test_a_killed_distributed_run_resumes_bitwise(tmp_path, cli):
-    run = ['--nproc', '2', '--epochs', '4', '--bs', '32', '--no-progress', '--seed', '3']
+    run = ['--nproc', '2', '--device', 'cpu', '--epochs', '4', '--bs', '32', '--no-progress', '--seed', '3']
     ck = tmp_path/'ck.pt'
     p = subprocess.Popen([exe(), *run, '--out', str(tmp_path/'a'), '--checkpoint-every-epoch', str(ck)], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env={**os.environ, 'MPLBACKEND': 'Agg'})
