@@ -82,7 +82,7 @@ class Optimizer:
         self.hypers = [{**{k: vs[i] for k, vs in spread.items()}, **own} for i, (_, own) in enumerate(groups)]
         for i, h in enumerate(self.hypers): _check_hypers(h, f"Optimizer parameter group {i}")
         self._views = [ParamGroup(ps, h) for ps, h in zip(self.param_lists, self.hypers)]
-        self._state, self._flat, self.flat, self._probed, self.per_tensor_cbs = {}, {}, flat, set(), []
+        self._state, self._flat, self.flat, self._probed, self.per_tensor_cbs, self._buffers = {}, {}, flat, set(), [], set()
         self._looked, self._written = False, [False]  # `state` looked at, a parameter's state written to: see `_take_edits`
 
     @property
@@ -459,10 +459,16 @@ class _FlatPart:
         if attached: self.param.grad.zero_()
         return attached
 
-def _flat_lists(ps, state):
+def _in_other_buffer(p, own):
+    "Whether `p` is part of a larger buffer that is not one of the optimizer's own (`own`: their addresses), such as the one cuDNN keeps an RNN's weights in."
+    s = p.untyped_storage()
+    return (p.storage_offset() or s.nbytes() != p.numel() * p.element_size()) and s.data_ptr() not in own
+
+def _flat_lists(ps, state, own=frozenset()):
     """A group's parameters split into the lists that make one flat part each (one per dtype, device and per-parameter numbers, as `do_wd`
-    or a step count); None if they cannot be flat: a parameter without gradient, a sparse one, state not shaped like its parameter."""
-    if any(p.grad is None or p.grad.is_sparse or not p.is_contiguous() or p.grad.shape != p.shape for p in ps): return None
+    or a step count); None if they cannot be flat: a parameter without gradient, a sparse one, one in another's buffer (`_in_other_buffer`),
+    state not shaped like its parameter."""
+    if any(p.grad is None or p.grad.is_sparse or not p.is_contiguous() or p.grad.shape != p.shape or _in_other_buffer(p, own) for p in ps): return None
     lists = {}
     for p in ps:
         s = state.setdefault(p, {})
@@ -548,9 +554,10 @@ def _step_flat(self:Optimizer, gi, ps, hyper):
     if 'no grad' in status: return False
     if 'moved' in status:
         self.state_to_params()
-        lists = _flat_lists(ps, self._sync())
+        lists = _flat_lists(ps, self._sync(), self._buffers)
         if lists is None or not self._flat_ok(gi, lists, hyper): return False
         parts = self._flat[gi] = [_FlatPart(ps_, self._state, self._written) for ps_ in lists]
+        self._buffers.update(part.data.untyped_storage().data_ptr() for part in parts)
     for part in parts:
         kw = {**part.state, **hyper}
         for cb in self.cbs:

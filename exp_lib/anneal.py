@@ -7,7 +7,7 @@ __all__ = ['Recorder', 'annealer', 'sched_lin', 'sched_cos', 'sched_no', 'sched_
            'ParamScheduler', 'LRFinder', 'valley', 'minimum', 'steep', 'slide', 'CSVLogger', 'TensorBoardCallback']
 
 # %% ../nbs/05_anneal.ipynb #e165d77e
-import copy, csv, functools, math, numbers, os, statistics
+import copy, csv, functools, itertools, math, numbers, os, statistics
 from pathlib import Path
 from bisect import bisect_right
 from collections import namedtuple
@@ -22,6 +22,11 @@ from .callbacks import (Callback, Learner, TrainEvalCallback, ProgressCallback, 
                                _cb_states, _resumes, ensure_folder)
 
 # %% ../nbs/05_anneal.ipynb #461b27dd
+def _stack_cpu(ts):
+    "0-d tensors stacked on the CPU, one copy per run of them on one device (a resumed record holds the checkpoint's on the CPU)."
+    runs = [torch.stack(list(g)).cpu() for _, g in itertools.groupby(ts, key=lambda t: t.device)]
+    return torch.cat(runs) if runs else torch.zeros(0)
+
 class Recorder(Callback):
     "Per-batch losses, smoothed loss and hypers (per parameter group) of the training batches, with plots."
     order, run_probe = 60, False
@@ -57,7 +62,7 @@ class Recorder(Callback):
         "Smooth the losses recorded since the last time."
         new = self.losses[len(self._smooth):]
         if not new: return
-        for i, l in enumerate(torch.stack(new).double().tolist(), len(self._smooth) + 1):
+        for i, l in enumerate(_stack_cpu(new).double().tolist(), len(self._smooth) + 1):
             self._avg = self.beta * self._avg + (1 - self.beta) * l
             self._smooth.append(self._avg / (1 - self.beta ** i))
 
@@ -73,13 +78,12 @@ class Recorder(Callback):
 
     def state_dict(self):
         "The record, for checkpoints: a fit that resumes from one records on, so plots and smoothed loss cover the whole run."
-        return {'losses': torch.stack(self.losses).cpu() if self.losses else torch.zeros(0), 'epoch_ends': list(self.epoch_ends),
+        return {'losses': _stack_cpu(self.losses), 'epoch_ends': list(self.epoch_ends),
                 'hypers': {k: torch.tensor(v, dtype=torch.float64) for k, v in self.hypers.items()}}
     def load_state_dict(self, sd):
         self._reset()
         self.losses, self.epoch_ends = list(sd['losses']), list(sd['epoch_ends'])
         self.hypers = {k: v.tolist() for k, v in sd['hypers'].items()}
-        self._smooth_new()  # now, on the CPU: the next fit's losses may be on another device
 
 # %% ../nbs/05_anneal.ipynb #46ef2957
 @patch

@@ -26,6 +26,8 @@ def weights(learn): return [p.detach().cpu().clone() for p in learn.model.parame
 def same(a, b): return all(torch.equal(x, y) for x, y in zip(a, b))
 
 class StopAfter(Callback):
+    "Ends the fit after `n` epochs, once the epoch is recorded (as exp_lib_train's checkpoint is written)."
+    order = 90
     def __init__(self, n): self.n = n
     def after_epoch(self):
         if self.learn.epoch + 1 == self.n: raise CancelFitException()
@@ -43,6 +45,9 @@ def test_a_run_with_dropout_resumed_on_the_gpu_equals_the_run_that_never_stopped
     resumed.fit_one_cycle(4, 1e-2, start_epoch=2)
     assert same(weights(resumed), weights(whole)), 'bitwise, as the run that never stopped'
     assert [r['valid_loss'] for r in resumed.avg_stats.history] == [r['valid_loss'] for r in whole.avg_stats.history]
+    resumed.save(tmp_path/'after.pt')  # its record: the checkpoint's batches on the CPU, the resumed fit's on the GPU
+    recorded = torch.load(tmp_path/'after.pt', weights_only=True)['cbs']['recorder']['losses']
+    assert torch.equal(recorded, torch.stack(whole.recorder.losses).cpu()) and torch.equal(resumed.recorder.smooth_losses, whole.recorder.smooth_losses)
     del ckpt['rng']['cuda']; torch.save(ckpt, tmp_path/'no_cuda_rng.pt')
     other = learner(7).load(tmp_path/'no_cuda_rng.pt')
     torch.cuda.manual_seed_all(123)
@@ -204,3 +209,18 @@ def test_optimizers_match_torch_optim_on_the_gpu(ours, theirs, flat):
     start = [p.detach() for p in nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 5)).parameters()]
     assert max(float((x - y).abs().max()) for x, y in zip(a, b)) <= 1e-6
     assert max(float((x.cpu() - y).abs().max()) for x, y in zip(a, start)) > 1e-3, 'the weights moved'
+
+def test_an_lstm_keeps_its_weights_in_cudnns_buffer():
+    "Moved out of cuDNN's buffer by flat optimizer buffers, an LSTM's weights made PyTorch warn and copy them back at every call."
+    import warnings
+    torch.manual_seed(0)
+    lstm = nn.LSTM(8, 16, batch_first=True).cuda()
+    home, w0 = lstm.weight_ih_l0.untyped_storage().data_ptr(), lstm.weight_ih_l0.detach().clone()
+    opt = Adam(lstm.parameters(), 1e-2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        for _ in range(3):
+            out, _ = lstm(torch.randn(4, 5, 8, device='cuda'))
+            out.sum().backward(); opt.step(); opt.zero_grad()
+    assert not [w for w in caught if 'contiguous chunk' in str(w.message)], [str(w.message) for w in caught]
+    assert {p.untyped_storage().data_ptr() for p in lstm.parameters()} == {home} and not torch.equal(lstm.weight_ih_l0, w0)
