@@ -224,3 +224,9 @@ def test_an_lstm_keeps_its_weights_in_cudnns_buffer():
             out.sum().backward(); opt.step(); opt.zero_grad()
     assert not [w for w in caught if 'contiguous chunk' in str(w.message)], [str(w.message) for w in caught]
     assert {p.untyped_storage().data_ptr() for p in lstm.parameters()} == {home} and not torch.equal(lstm.weight_ih_l0, w0)
+
+def test_a_compiled_model_trains_in_a_learner():
+    torch.manual_seed(0)
+    learn = Learner(torch.compile(mlp()), data(), metrics=[accuracy], lr=3e-3, **QUIET)
+    learn.fit(2)
+    assert learn.avg_stats.history[-1]['accuracy'] > 0.8
