@@ -5,30 +5,26 @@
 # %% auto #0
 __all__ = ['optimizer_choices', 'ParamGroup', 'Optimizer', 'sgd_step', 'average_grad', 'momentum_step', 'average_sqr_grad',
            'rms_prop_step', 'step_stat', 'debias', 'adam_step', 'weight_decay', 'l2_reg', 'SGD', 'RMSProp',
-           'adam_family', 'Adam', 'radam_step', 'RAdam', 'tensor_norms', 'scale_per_tensor_', 'lamb_step', 'Lamb',
-           'Lookahead', 'ranger', 'TorchParamGroup', 'OptimWrapper', 'TerminateOnNaNCallback', 'ModelResetter',
-           'RNNRegularizer', 'compare_optimizers', 'plot_comparison']
+           'adam_family', 'Adam', 'radam_step', 'RAdam', 'lamb_step', 'Lamb', 'Lookahead', 'ranger',
+           'TerminateOnNaNCallback', 'ModelResetter', 'RNNRegularizer', 'compare_optimizers', 'plot_comparison']
 
 # %% ../nbs/16_accel_sgd.ipynb #e85b81bd
-import inspect, math, numbers, operator, time
-from collections import namedtuple
+import math, time
 from collections.abc import MutableMapping
 from functools import partial
 import torch
 import torch.nn.functional as F
 import matplotlib.pyplot as plt
-from torch.overrides import TorchFunctionMode
 from fastcore.basics import patch
-from .callbacks import (Callback, Learner, CancelFitException, AvgStatsCallback, defaults, _param_groups,
-                               _check_hyper, _check_positive, _per_group, _freeze_groups, _one_group, _state_to_params, norm_bias_params)
-from .anneal import ParamScheduler, Recorder, combine_scheds, cos_1cycle_anneal, sched_cos, sched_no
+from .core import norm_bias_params, _check_hyper, _check_positive, _per_group, _freeze_groups, _one_group, _merge_state, _cb_name
+from .callbacks import Callback, Learner, CancelFitException, AvgStatsCallback, defaults
+from .flat import flat_step, flat_state, flat_zero_grad, flat_drop, per_tensor_cbs, tensor_norms, scale_per_tensor_
+from .anneal import ParamScheduler, Recorder, combine_scheds, cos_1cycle_anneal, sched_cos
 
 # %% ../nbs/16_accel_sgd.ipynb #6a0f2cbc
 def _cb_attr(cb, name):
     "Attribute `name` of optimizer callback `cb`, looking through a `functools.partial`."
     return getattr(cb, name, None) or getattr(getattr(cb, 'func', None), name, None)
-
-def _cb_name(cb): return getattr(getattr(cb, 'func', cb), '__name__', repr(cb))
 
 def _check_hypers(h, where):
     for k, v in h.items(): _check_hyper(k, v, where)
@@ -39,13 +35,6 @@ def _check_disjoint(param_lists):
     twice = len(ids) - len(set(ids))
     if twice: raise ValueError(f"Some parameters appear in more than one parameter group ({twice} of them), or twice in one: each would be "
                                f"stepped once per appearance. Make the splitter return each parameter once.")
-
-def _merge_state(state, res, cb, p=None):
-    "Merge what callback `cb` returned for `p` into `state`: a dict; None, or `p` itself (fastai's step callbacks end with `return p`), is nothing."
-    if res is None or res is p: return
-    if not isinstance(res, dict):
-        raise TypeError(f"Optimizer callback {_cb_name(cb)} returned a {type(res).__name__}; it must return a dict of state, None, or its p.")
-    state.update(res)
 
 # %% ../nbs/16_accel_sgd.ipynb #3a93b280
 class ParamGroup(MutableMapping):
@@ -65,7 +54,7 @@ class ParamGroup(MutableMapping):
 class Optimizer:
     "Steps parameter groups by running the optimizer callbacks `cbs` on each parameter, with per-group hypers."
     def __init__(self, params, cbs,
-                 flat=True, # step each group on flat buffers, running the same callbacks (see "Making it fast")
+                 flat=True, # step each group on flat buffers where it can, running the same callbacks (`16a_flat`)
                  **defaults):
         self.cbs = list(cbs)
         base = {}
@@ -82,8 +71,7 @@ class Optimizer:
         self.hypers = [{**{k: vs[i] for k, vs in spread.items()}, **own} for i, (_, own) in enumerate(groups)]
         for i, h in enumerate(self.hypers): _check_hypers(h, f"Optimizer parameter group {i}")
         self._views = [ParamGroup(ps, h) for ps, h in zip(self.param_lists, self.hypers)]
-        self._state, self._flat, self.flat, self._probed, self.per_tensor_cbs, self._buffers = {}, {}, flat, set(), [], set()
-        self._looked, self._written = False, [False]  # `state` looked at, a parameter's state written to: see `_take_edits`
+        self._state, self.flat = {}, flat
 
     @property
     def param_groups(self): return self._views
@@ -91,14 +79,12 @@ class Optimizer:
     def all_params(self): return [p for ps in self.param_lists for p in ps]
     @property
     def state(self):
-        "Per-parameter state: a dict per parameter (on a flat group, numbers and views of the group's buffers: see \"Making it fast\")."
-        self._looked = True
-        return self._sync()
-    def _sync(self):
-        "The per-parameter state, with the state of the flat groups written into it."
-        for parts in self._flat.values():
-            for part in parts: part.sync()
-        return self._state
+        "Per-parameter state: a dict per parameter (on a flat group, numbers and views of the group's buffers: `16a_flat`)."
+        return flat_state(self, looked=True)
+    @property
+    def per_tensor_cbs(self):
+        "The callbacks found to need each tensor, which keep the groups on the per-parameter path (`16a_flat`)."
+        return per_tensor_cbs(self)
     @property
     def kind(self): return f"Optimizer[{', '.join(map(_cb_name, self.cbs))}]"
     def __repr__(self): return f"Optimizer({len(self.param_lists)} groups, cbs=[{', '.join(map(_cb_name, self.cbs))}], {self.hypers[0]})"
@@ -107,14 +93,17 @@ class Optimizer:
 @patch
 def zero_grad(self:Optimizer):
     "Detach and zero the gradient of every parameter, in place (a flat group's whole gradient buffer at once)."
-    grads = []
-    for gi, ps in enumerate(self.param_lists):
-        parts = self._flat.get(gi)
-        if parts and all(part.zero_grad() for part in parts): continue
-        grads += [p.grad for p in ps if p.grad is not None]
+    grads = [p.grad for gi in flat_zero_grad(self) for p in self.param_lists[gi] if p.grad is not None]
     for g in grads:
         if g.requires_grad: g.detach_()
     if grads: torch._foreach_zero_(grads)
+
+@patch
+def state_to_params(self:Optimizer):
+    "Move each tensor of the state to its parameter's device: wherever the model went (`model.to(...)`), its state follows."
+    for p, s in flat_state(self).items():
+        moved = {k: v.to(p.device) for k, v in s.items() if isinstance(v, torch.Tensor) and v.device != p.device}
+        if moved: s.update(moved)
 
 @patch
 def _step_per_param(self:Optimizer, ps, hyper):
@@ -122,6 +111,14 @@ def _step_per_param(self:Optimizer, ps, hyper):
     for p in ps:
         state = self._state.setdefault(p, {})
         for cb in self.cbs: _merge_state(state, cb(p, **{**state, **hyper}), cb, p)
+
+# %% ../nbs/16_accel_sgd.ipynb #3d1112bb
+@patch
+@torch.no_grad()
+def step(self:Optimizer):
+    "Every callback on every parameter that has a gradient: a group at once on flat buffers where it can be (`flat`), else parameter by parameter."
+    for gi in (flat_step(self) if self.flat else range(len(self.hypers))):
+        self._step_per_param([p for p in self.param_lists[gi] if p.grad is not None], self.hypers[gi])
 
 # %% ../nbs/16_accel_sgd.ipynb #19d3e112
 def sgd_step(p, lr, **kwargs):
@@ -222,27 +219,6 @@ def RAdam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., beta=0., decouple_
     return adam_family(params, radam_step, lr, mom, sqr_mom, eps, wd, decouple_wd, flat, beta=beta)
 
 # %% ../nbs/16_accel_sgd.ipynb #b11135ae
-def _small_segments(seg):
-    "Whether a flat buffer's per-tensor work is cheaper as segment operations (many small tensors) than tensor by tensor (large ones)."
-    return sum(seg.numels) < 4096 * len(seg.numels)
-
-def tensor_norms(p, t):
-    "The 2-norm of `t` for each tensor `p` stands for: `t.norm()` for a parameter, one per tensor for a group's flat buffer."
-    seg = getattr(p, 'segments', None)
-    if seg is None: return t.norm()
-    with torch._C.DisableTorchFunction():
-        if _small_segments(seg): return torch.segment_reduce(t * t, 'sum', lengths=seg.lengths).sqrt()
-        return torch.stack(torch._foreach_norm(list(t.split(seg.numels))))
-
-def scale_per_tensor_(p, t, v):
-    "Multiply `t` in place by `v`, one value for each tensor `p` stands for (as `tensor_norms` gives them); returns `t`."
-    seg = getattr(p, 'segments', None)
-    if seg is None: return t.mul_(v)
-    with torch._C.DisableTorchFunction():
-        if _small_segments(seg): return t.mul_(v.repeat_interleave(seg.lengths))
-        torch._foreach_mul_(list(t.split(seg.numels)), list(v.unbind()))
-        return t
-
 def lamb_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     "LAMB: Adam's step rescaled by each tensor's trust ratio `||p|| / ||step||`."
     debias1, debias2 = debias(mom, 1 - mom, step), debias(sqr_mom, 1 - sqr_mom, step)
@@ -299,7 +275,7 @@ _keep_on_clear = ('do_wd',)
 @patch
 def state_dict(self:Optimizer):
     "Hypers and per-parameter state; parameters are numbered in group order."
-    state = self._sync()
+    state = flat_state(self)
     return {'state': {i: dict(state[p]) for i, p in enumerate(self.all_params) if state.get(p)}, 'hypers': [dict(h) for h in self.hypers]}
 
 def _copy(v, p): return v.detach().to(device=p.device, copy=True) if isinstance(v, torch.Tensor) else v
@@ -319,20 +295,13 @@ def load_state_dict(self:Optimizer, sd):
     if wrong: raise ValueError("The saved optimizer state does not fit these parameters: " + '; '.join(wrong[:5]))
     for h, saved in zip(self.hypers, sd['hypers']): _check_hypers(saved, 'load_state_dict'); h.clear(); h.update(saved)
     self._state = {ps[int(i)]: {k: _copy(v, ps[int(i)]) for k, v in s.items()} for i, s in sd['state'].items()}
-    self._flat.clear()
-
-@patch
-def state_to_params(self:Optimizer):
-    "Move each tensor of the state to its parameter's device: wherever the model went (`model.to(...)`), its state follows."
-    for p, s in self._sync().items():
-        moved = {k: v.to(p.device) for k, v in s.items() if isinstance(v, torch.Tensor) and v.device != p.device}
-        if moved: s.update(moved)
+    flat_drop(self)
 
 @patch
 def clear_state(self:Optimizer):
     "Forget all per-parameter state (averages, step counts), but what says how a parameter is treated (`do_wd`)."
-    self._state = {p: {k: s[k] for k in _keep_on_clear if k in s} for p, s in self._sync().items() if any(k in s for k in _keep_on_clear)}
-    self._flat = {}
+    self._state = {p: {k: s[k] for k in _keep_on_clear if k in s} for p, s in flat_state(self).items() if any(k in s for k in _keep_on_clear)}
+    flat_drop(self)
 
 @patch
 def freeze_to(self:Optimizer, n):
@@ -350,324 +319,14 @@ def unfreeze(self:Optimizer):
     "Train every parameter group."
     self.freeze_to(0)
 
-# %% ../nbs/16_accel_sgd.ipynb #51eb0139
-def _gather(states):
-    "Group state from per-parameter states: tensors as lists, equal numbers as one number; `None` if they disagree."
-    keys = set(states[0])
-    if any(set(s) != keys for s in states): return None
-    res = {}
-    for k in keys:
-        vals = [s[k] for s in states]
-        if all(isinstance(v, torch.Tensor) for v in vals): res[k] = vals
-        elif all(v == vals[0] for v in vals): res[k] = vals[0]
-        else: return None
-    return res
+# %% ../nbs/16_accel_sgd.ipynb #70cb7721
+def _spare_norms_and_biases(learn, opt):
+    "Unless `learn.wd_bn_bias`, mark the parameters of normalisation layers and every bias `do_wd=False` in an exp_lib optimizer's state."
+    if not learn.wd_bn_bias and isinstance(opt, (Optimizer, Lookahead)):
+        for p in norm_bias_params(learn.model): opt.state.setdefault(p, {})['do_wd'] = False
+    return opt
 
-_Segments = namedtuple('_Segments', 'lengths numels')
-
-def _cat(ts): return torch.cat([t.reshape(-1) for t in ts])
-
-def _joined(ps, states):
-    "Tensors `ps` with their gradients and states, joined as one flat parameter's: `(param, grad, state)`; state None if the numbers disagree."
-    state = _gather(states)
-    return _cat([p.detach() for p in ps]), _cat([p.grad for p in ps]), state and {k: _cat(v) if isinstance(v, list) else v for k, v in state.items()}
-
-def _segments(ps):
-    "Where the tensors `ps` begin and end in their flat buffer: their sizes as a tensor (for segment operations) and as a list."
-    numels = [p.numel() for p in ps]
-    return _Segments(torch.tensor(numels, device=ps[0].device), numels)
-
-def _flat_param(param, grad, segments):
-    "The flat buffer `param` as the callbacks see a parameter: its gradient buffer as `.grad`, and the tensors it joins as `.segments`."
-    param.grad, param.segments = grad, segments
-    return param
-
-class _ParamState(dict):
-    "One parameter's state as `Optimizer.state` shows it for a flat group: a write marks it `edited` and its optimizer `written` (a one-item list)."
-    edited = False
-    def __init__(self, state, written): super().__init__(state); self.written = written
-    def __reduce__(self): return dict, (dict(self),)  # saved or copied, it is plain state: the marks belong to the optimizer that steps
-    def _marks(write):
-        def f(self, *args, **kwargs): self.edited = self.written[0] = True; return write(self, *args, **kwargs)
-        return f
-    __setitem__, __delitem__, update, setdefault, pop, popitem, clear = map(_marks, (dict.__setitem__, dict.__delitem__, dict.update,
-                                                                                  dict.setdefault, dict.pop, dict.popitem, dict.clear))
-
-class _FlatPart:
-    "Parameters of one group (one dtype, device and set of per-parameter numbers) as views of one flat parameter; their gradients and state too."
-    def __init__(self, ps, state, written):
-        self.ps, self.numels = ps, [p.numel() for p in ps]
-        data, grad, joined = _joined(ps, [state[p] for p in ps])
-        self.param = _flat_param(data, grad, _segments(ps))
-        self.data, self.grad = self.param.detach(), self.param.grad.detach()
-        for p, v, g in zip(ps, self.views(self.param), self.views(self.param.grad)): p.data, p.grad = v, g
-        self.grads, self.ptrs, self.state = [p.grad for p in ps], [p.data_ptr() for p in ps], {}
-        for k, v in joined.items(): self.take(k, v)
-        for p in ps:  # the same dict objects from one part to the next, so that a dict someone keeps stays the parameter's
-            if isinstance(state[p], _ParamState): state[p].edited = False
-            else: state[p] = _ParamState(state[p], written)
-        self.state_of, self.dicts = state, [state[p] for p in ps]
-        self._synced = {k: (None, [d.get(k) for d in self.dicts]) for k in self.state}  # what each dict holds, to be replaced at `sync`
-
-    def views(self, flat): return [v.view_as(p) for v, p in zip(flat.split(self.numels), self.ps)]
-
-    def take(self, k, v, cb=None):
-        "Keep `v` as state `k`: a number, or a tensor shaped like the flat parameter."
-        if isinstance(v, torch.Tensor) and v.shape != self.param.shape:
-            raise TypeError(f"On a flat buffer of {self.param.numel()} numbers, optimizer callback {_cb_name(cb)} returned state {k!r} "
-                            f"of shape {tuple(v.shape)}; state must be a number, or a tensor shaped like the parameter. State with a value per tensor "
-                            "needs the per-parameter path: make the optimizer with flat=False.")
-        self.state[k] = v
-
-    def sync(self):
-        "Write this part's state into each parameter's: the numbers, and views of the flat tensors (made again only when replaced); not over a value someone wrote there."
-        for k, v in self.state.items():
-            seen, old = self._synced.get(k, (None, [None] * len(self.ps)))
-            if seen is v: continue
-            new = self.views(v) if isinstance(v, torch.Tensor) else [v] * len(self.ps)
-            for d, o, was in zip(self.dicts, new, old):
-                if d.get(k) is was: dict.__setitem__(d, k, o)
-            self._synced[k] = v, new
-
-    def edited(self):
-        "Whether someone wrote to a parameter's state (a value bound anew, added or removed) or replaced it since this part was made."
-        return any(map(operator.is_not, map(self.state_of.get, self.ps), self.dicts)) or any(map(operator.attrgetter('edited'), self.dicts))
-
-    def attach(self):
-        "'ok' if every parameter views the buffer with its gradient there (a replaced one copied in); 'moved' or 'no grad' if not."
-        for i, p in enumerate(self.ps):
-            if p.data_ptr() != self.ptrs[i]: return 'moved'
-            g = p.grad
-            if g is not self.grads[i]:
-                if g is None: return 'no grad'
-                self.grads[i].copy_(g)
-                p.grad = self.grads[i]
-        return 'ok'
-
-    def rejoin(self):
-        "Copy into the buffers what a callback bound anew as the flat parameter's data or gradient (`p.data = p - lr*p.grad`): the parameters view the buffers."
-        p, g = self.param, self.param.grad
-        if p.data_ptr() != self.data.data_ptr(): self.data.copy_(p.detach()); p.data = self.data
-        if g is None or g.data_ptr() != self.grad.data_ptr():
-            if g is None: self.grad.zero_()
-            else: self.grad.copy_(g)
-            p.grad = self.grad.detach()
-
-    def zero_grad(self):
-        "Zero the gradient buffer at once if every gradient is still its view (True); else leave it (False)."
-        attached = all(p.grad is g for p, g in zip(self.ps, self.grads))
-        if attached: self.param.grad.zero_()
-        return attached
-
-def _in_other_buffer(p, own):
-    "Whether `p` is part of a larger buffer that is not one of the optimizer's own (`own`: their addresses), such as the one cuDNN keeps an RNN's weights in."
-    s = p.untyped_storage()
-    return (p.storage_offset() or s.nbytes() != p.numel() * p.element_size()) and s.data_ptr() not in own
-
-def _flat_lists(ps, state, own=frozenset()):
-    """A group's parameters split into the lists that make one flat part each (one per dtype, device and per-parameter numbers, as `do_wd`
-    or a step count); None if they cannot be flat: a parameter without gradient, a sparse one, one in another's buffer (`_in_other_buffer`),
-    state not shaped like its parameter."""
-    if any(p.grad is None or p.grad.is_sparse or not p.is_contiguous() or p.grad.shape != p.shape or _in_other_buffer(p, own) for p in ps): return None
-    lists = {}
-    for p in ps:
-        s = state.setdefault(p, {})
-        if any(isinstance(v, torch.Tensor) and v.shape != p.shape for v in s.values()): return None
-        numbers = tuple(sorted((k, v) for k, v in s.items() if not isinstance(v, torch.Tensor)))
-        lists.setdefault((p.dtype, p.device, numbers), []).append(p)
-    if any(_gather([state[p] for p in ps_]) is None for ps_ in lists.values()): return None
-    return list(lists.values())
-
-# %% ../nbs/16_accel_sgd.ipynb #15f10876
-_shape_queries = {torch.Tensor.dim, torch.Tensor.size, torch.Tensor.numel, torch.Tensor.nelement, torch.Tensor.__len__, torch.Tensor.stride}
-_shape_attrs = (torch.Tensor.shape, torch.Tensor.ndim)
-
-def _tensors(o):
-    "The tensors in `o`: a tensor, or any nesting of tuples, lists and dicts of them."
-    if isinstance(o, torch.Tensor): yield o
-    elif isinstance(o, (list, tuple)):
-        for v in o: yield from _tensors(v)
-    elif isinstance(o, dict):
-        for v in o.values(): yield from _tensors(v)
-
-class _Structure(TorchFunctionMode):
-    "Notes the first torch call in its block whose result depends on how a flat buffer of `n` numbers splits into tensors."
-    def __init__(self, n): super().__init__(); self.n, self.found = n, None
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        res = func(*args, **kwargs)
-        if self.found is None and any(t.numel() == self.n for t in _tensors((args, kwargs))):
-            shape = func in _shape_queries or getattr(func, '__self__', None) in _shape_attrs
-            if shape or any(t.numel() != self.n for t in _tensors(res)): self.found = getattr(func, '__name__', repr(func))
-        return res
-
-def _agree(a, b, before=None):
-    "Whether `a` (computed on a flat buffer) is `b` (tensor by tensor): equal numbers, or tensors within 1e-3 of `b`'s change from `before`, or of float rounding."
-    if not isinstance(b, torch.Tensor): return not isinstance(a, torch.Tensor) and a == b
-    if not isinstance(a, torch.Tensor) or a.shape != b.shape or a.dtype != b.dtype: return False
-    if not b.is_floating_point() or not b.numel(): return torch.equal(a, b)
-    change = (b - (0 if before is None else before)).abs().max()
-    return torch.allclose(a, b, rtol=0, atol=float(1e-3 * change + 4 * torch.finfo(b.dtype).eps * b.abs().max()))
-
-def _rng_state(device): return torch.cuda.get_rng_state(device) if device.type == 'cuda' else torch.get_rng_state()
-
-def _probe(cbs, ps, state, hyper, k=4):
-    """The name of the first callback in `cbs` that cannot run on a flat buffer of `ps`, found in two steps on copies of the first `k` of them:
-    flat, it fails, gives other numbers than tensor by tensor, or asks how the buffer splits into tensors. None if every callback can."""
-    pieces = [_flat_param(p.detach().clone(), p.grad.clone(), None) for p in ps[:k]]
-    states = [{n: v.clone() if isinstance(v, torch.Tensor) else v for n, v in state[p].items()} for p in ps[:k]]
-    before = _joined(pieces, states)
-    flat = _flat_param(before[0].clone(), before[1].clone(), _segments(pieces))
-    with torch.random.fork_rng(devices=[flat.device] if flat.device.type == 'cuda' else []):
-        for cb in cbs * 2:
-            flat.copy_(before[0]); flat.grad.copy_(before[1])
-            fstate, rng = {n: v.clone() if isinstance(v, torch.Tensor) else v for n, v in before[2].items()}, _rng_state(flat.device)
-            try:
-                with _Structure(flat.numel()) as mode: _merge_state(fstate, cb(flat, **{**fstate, **hyper}), cb, flat)
-            except Exception: return _cb_name(cb)  # perhaps only on a flat buffer: if not, the per-parameter step raises it again
-            drew = not torch.equal(rng, _rng_state(flat.device))
-            for p, s in zip(pieces, states): _merge_state(s, cb(p, **{**s, **hyper}), cb, p)
-            after = _joined(pieces, states)
-            if mode.found or after[2] is None: return _cb_name(cb)
-            same = (set(fstate) == set(after[2]) and _agree(flat, after[0], before[0]) and _agree(flat.grad, after[1], before[1])
-                    and all(_agree(fstate[n], v, before[2].get(n)) for n, v in after[2].items()))
-            if not (same or drew): return _cb_name(cb)
-            before = after
-    return None
-
-@patch
-def _flat_ok(self:Optimizer, gi, lists, hyper):
-    "Whether the callbacks can run on flat buffers, probed once per group (with its hypers) on each list of parameters that makes a part."
-    if gi not in self._probed:
-        found = next(filter(None, (_probe(self.cbs, ps, self._state, hyper) for ps in lists)), None)
-        if found: self.per_tensor_cbs.append(found)
-        self._probed.add(gi)
-    return not self.per_tensor_cbs
-
-# %% ../nbs/16_accel_sgd.ipynb #49b0700e
-@patch
-def _step_flat(self:Optimizer, gi, ps, hyper):
-    "Step group `gi` on its flat buffers (built, or rebuilt, when needed); False, doing nothing, when the group cannot be."
-    if self.per_tensor_cbs: return False
-    parts = self._flat.get(gi)
-    status = {part.attach() for part in parts} if parts else {'moved'}
-    if 'no grad' in status: return False
-    if 'moved' in status:
-        self.state_to_params()
-        lists = _flat_lists(ps, self._sync(), self._buffers)
-        if lists is None or not self._flat_ok(gi, lists, hyper): return False
-        parts = self._flat[gi] = [_FlatPart(ps_, self._state, self._written) for ps_ in lists]
-        self._buffers.update(part.data.untyped_storage().data_ptr() for part in parts)
-    for part in parts:
-        kw = {**part.state, **hyper}
-        for cb in self.cbs:
-            res = cb(part.param, **kw)
-            if res is None or res is part.param: continue
-            _merge_state(kw, res, cb)
-            for k, v in res.items():
-                if part.state.get(k) is not v: part.take(k, v, cb)
-        part.rejoin()
-    return True
-
-@patch
-def _take_edits(self:Optimizer):
-    "Drop the flat buffers of every group whose per-parameter state was edited (a value bound anew, added or removed): the next step builds them again from it."
-    for gi in [gi for gi, parts in self._flat.items() if any(part.edited() for part in parts)]:
-        for part in self._flat.pop(gi): part.sync()
-    self._looked = self._written[0] = False
-
-@patch
-@torch.no_grad()
-def step(self:Optimizer):
-    "Update every parameter that has a gradient: each group on its flat buffers if it can be (see `flat`), else parameter by parameter."
-    if self._looked or self._written[0]: self._take_edits()
-    for gi, (ps, hyper) in enumerate(zip(self.param_lists, self.hypers)):
-        if self.flat and self._step_flat(gi, ps, hyper): continue
-        for part in self._flat.pop(gi, ()): part.sync()
-        self._step_per_param([p for p in ps if p.grad is not None], hyper)
-
-# %% ../nbs/16_accel_sgd.ipynb #4279fad8
-def _hp_map(pg):
-    "How exp_lib's hyper names map to the keys of torch parameter group `pg`: a key, or (key, index) into a tuple."
-    m = {'lr': 'lr', 'eps': 'eps', 'wd': 'weight_decay'}
-    if 'momentum' in pg: m['mom'] = 'momentum'
-    elif 'betas' in pg: m['mom'] = ('betas', 0)
-    if 'alpha' in pg: m['sqr_mom'] = 'alpha'
-    elif 'betas' in pg: m['sqr_mom'] = ('betas', 1)
-    return {k: v for k, v in m.items() if (v[0] if isinstance(v, tuple) else v) in pg}
-
-class TorchParamGroup(MutableMapping):
-    "A torch parameter group seen with exp_lib's hyper names (its own names still work)."
-    def __init__(self, pg, hp_map): self.pg, self.hp_map = pg, hp_map
-    def __getitem__(self, k):
-        t = self.hp_map.get(k, k)
-        return self.pg[t[0]][t[1]] if isinstance(t, tuple) else self.pg[t]
-    def __setitem__(self, k, v):
-        _check_hyper(k, v, 'param_groups')
-        t = self.hp_map.get(k, k)
-        if isinstance(t, tuple):
-            vals = list(self.pg[t[0]]); vals[t[1]] = v; self.pg[t[0]] = tuple(vals)
-        else: self.pg[t] = v
-    def __delitem__(self, k): raise KeyError(f"Cannot remove hyper {k!r} from a torch parameter group.")
-    def __contains__(self, k): return k in self.hp_map or k in self.pg
-    def __iter__(self): yield from dict.fromkeys([*self.hp_map, *self.pg])
-    def __len__(self): return len(list(iter(self)))
-
-class OptimWrapper:
-    "Wraps a `torch.optim` optimizer so the Learner and schedules can use the hyper names lr, mom, sqr_mom, eps, wd."
-    def __init__(self, params, opt=None, **kwargs):
-        "`params` (parameters, a list of parameter lists as a splitter returns, or torch groups) for `opt(params, **kwargs)`, or a made optimizer."
-        if isinstance(params, torch.optim.Optimizer): self.opt, ours = params, {}
-        else:
-            if opt is None: raise TypeError("OptimWrapper needs opt=, a torch.optim optimizer class, when given parameters.")
-            params = list(params)
-            if params and isinstance(params[0], (list, tuple)): params = [{'params': list(g)} for g in params]
-            ours = {k: kwargs.pop(k) for k in list(kwargs) if k in ('mom', 'sqr_mom', 'wd') or isinstance(kwargs[k], (list, slice))}
-            n = len(params) if params and isinstance(params[0], dict) else 1
-            if 'lr' in ours: kwargs['lr'] = _per_group(ours['lr'], n, 'lr', 'OptimWrapper')[-1]
-            self.opt = opt(params, **kwargs)
-        closure = inspect.signature(self.opt.step).parameters.get('closure')
-        if closure is not None and closure.default is inspect.Parameter.empty:
-            raise TypeError(f"{type(self.opt).__name__} needs a closure at every step that computes the loss again, which a training loop of "
-                            f"batches does not give; use an optimizer that steps on the gradients it is given, e.g. torch.optim.AdamW or Adam.")
-        self.hp_map, self._views = _hp_map(self.opt.param_groups[0]), []
-        for k, v in ours.items():
-            if k not in self.hp_map: raise KeyError(f"{type(self.opt).__name__} has no hyper {k!r}; it has {sorted(self.hp_map)}.")
-            for pg, o in zip(self.param_groups, _per_group(v, len(self.opt.param_groups), k, 'OptimWrapper')): pg[k] = o
-        for i, pg in enumerate(self.param_groups): _check_hypers({k: pg[k] for k in self.hp_map}, f"{type(self.opt).__name__} parameter group {i}")
-    @property
-    def param_groups(self):
-        "Views of the torch optimizer's current groups (its `load_state_dict` replaces the group dicts)."
-        pgs = self.opt.param_groups
-        if len(pgs) != len(self._views) or any(v.pg is not pg for v, pg in zip(self._views, pgs)):
-            self._views = [TorchParamGroup(pg, self.hp_map) for pg in pgs]
-        return self._views
-    def step(self, closure=None): return self.opt.step(closure)
-    def zero_grad(self): self.opt.zero_grad()
-    def state_dict(self): return self.opt.state_dict()
-    def load_state_dict(self, sd): self.opt.load_state_dict(sd)
-    def clear_state(self): self.opt.state.clear()
-    def state_to_params(self): _state_to_params(self.opt)
-    def freeze_to(self, n): _freeze_groups([pg['params'] for pg in self.opt.param_groups], n)
-    def freeze(self):
-        if len(self.opt.param_groups) < 2: raise ValueError(_one_group)
-        self.freeze_to(-1)
-    def unfreeze(self): self.freeze_to(0)
-    @property
-    def kind(self): return f"OptimWrapper({type(self.opt).__name__})"
-    def __repr__(self): return f"OptimWrapper({self.opt!r})"
-
-# %% ../nbs/16_accel_sgd.ipynb #2f279872
-_create_opt = Learner.create_opt
-@patch
-def create_opt(self:Learner):
-    "Make the optimizer with `opt_func` (a `torch.optim` one wrapped in `OptimWrapper`); unless `wd_bn_bias`, spare norms and biases weight decay."
-    _create_opt(self)
-    if isinstance(self.opt, torch.optim.Optimizer): self.opt = OptimWrapper(self.opt)
-    if not self.wd_bn_bias and isinstance(self.opt, (Optimizer, Lookahead)):
-        for p in norm_bias_params(self.model): self.opt.state.setdefault(p, {})['do_wd'] = False
-    return self.opt
-
+defaults.opt_adapters = [f for f in defaults.opt_adapters if f.__name__ != '_spare_norms_and_biases'] + [_spare_norms_and_biases]
 defaults.opt_func, defaults.lr = Adam, 1e-3
 
 # %% ../nbs/16_accel_sgd.ipynb #b7a2c3c0
@@ -697,33 +356,6 @@ def fit_one_cycle(self:Learner, n_epoch, lr_max=None, div=25., div_final=1e5, pc
     scheds = [ParamScheduler('lr', [combine_scheds(pcts, [sched_cos(l / div, l), sched_cos(l, l / div_final)]) for l in lr_maxs])]
     if 'mom' in self.opt.param_groups[0]: scheds.append(ParamScheduler('mom', combine_scheds(pcts, cos_1cycle_anneal(*moms))))
     return self.fit(n_epoch, wd=wd, cbs=scheds + list(cbs or []), start_epoch=start_epoch)
-
-@patch
-def fit_flat_cos(self:Learner, n_epoch, lr=None, div_final=1e5, pct_start=0.75, wd=None, cbs=None, reset_opt=False, start_epoch=0):
-    "Fit `n_epoch` epochs at a flat `lr` for `pct_start` of the training, then anneal it with a cosine to `lr/div_final`."
-    lrs = self._sched_lrs(lr, 'fit_flat_cos', reset_opt)
-    _check_positive('div_final', div_final, where='fit_flat_cos'); _check_pct('fit_flat_cos', pct_start)
-    sched = [combine_scheds([pct_start, 1 - pct_start], [sched_no(l, l), sched_cos(l, l / div_final)]) for l in lrs]
-    return self.fit(n_epoch, wd=wd, cbs=[ParamScheduler('lr', sched)] + list(cbs or []), start_epoch=start_epoch)
-
-@patch
-def fit_sgdr(self:Learner, n_cycles, cycle_len, lr_max=None, cycle_mult=2, cbs=None, reset_opt=False, wd=None, start_epoch=0):
-    "SGD with warm restarts: `n_cycles` cosine annealings from `lr_max` to 0, the first `cycle_len` epochs long, each `cycle_mult` times longer."
-    for name, v in (('n_cycles', n_cycles), ('cycle_len', cycle_len), ('cycle_mult', cycle_mult)): _check_positive(name, v, numbers.Integral, 'fit_sgdr')
-    lrs = self._sched_lrs(lr_max, 'fit_sgdr', reset_opt)
-    lens = [cycle_len * cycle_mult ** i for i in range(n_cycles)]
-    n_epoch = sum(lens)
-    sched = [combine_scheds([n / n_epoch for n in lens], [sched_cos(l, 0) for _ in lens]) for l in lrs]
-    return self.fit(n_epoch, wd=wd, cbs=[ParamScheduler('lr', sched)] + list(cbs or []), start_epoch=start_epoch)
-
-# %% ../nbs/16_accel_sgd.ipynb #18869073
-@patch
-def fine_tune(self:Learner, epochs, base_lr=2e-3, freeze_epochs=1, lr_mult=100, pct_start=0.3, div=5., **kwargs):
-    "Train the head alone (frozen body) for `freeze_epochs`, then everything for `epochs`, the first group `lr_mult` times slower."
-    self.freeze()
-    self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, **kwargs)
-    self.unfreeze()
-    self.fit_one_cycle(epochs, slice(base_lr / 2 / lr_mult, base_lr / 2), pct_start=pct_start, div=div, **kwargs)
 
 # %% ../nbs/16_accel_sgd.ipynb #c827dbb3
 class TerminateOnNaNCallback(Callback):

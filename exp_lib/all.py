@@ -6,15 +6,25 @@
 __all__ = []
 
 # %% ../nbs/99_all.ipynb #06f9b838
-from . import data, init, minibatch, callbacks, anneal, accel_sgd, hardware, distributed, interpret
+from . import (data, core, init, minibatch, callbacks, metrics, predict, checkpoint, tracker, anneal, flat, accel_sgd, optim_wrapper,
+                     fit_policies, hardware, distributed, interpret)
 from .data import *
+from .core import *
 from .init import *
 from .minibatch import *
 from .callbacks import *
+from .metrics import *
+from .predict import *
+from .checkpoint import *
+from .tracker import *
 from .anneal import *
+from .flat import *
 from .accel_sgd import *
+from .optim_wrapper import *
+from .fit_policies import *
 from .hardware import *
 from .distributed import *
 from .interpret import *
 from .train import make_model
-__all__ = [n for m in (data, init, minibatch, callbacks, anneal, accel_sgd, hardware, distributed, interpret) for n in m.__all__ if n != 'fit'] + ['make_model']
+__all__ = [n for m in (data, core, init, minibatch, callbacks, metrics, predict, checkpoint, tracker, anneal, flat, accel_sgd, optim_wrapper,
+                        fit_policies, hardware, distributed, interpret) for n in m.__all__ if n != 'fit'] + ['make_model']

@@ -11,22 +11,21 @@ import copy, csv, functools, itertools, math, numbers, os, statistics
 from pathlib import Path
 from bisect import bisect_right
 from collections import namedtuple
-from functools import partial
 from itertools import accumulate
 import torch
 import matplotlib.pyplot as plt
 from fastcore.basics import patch
-from .minibatch import accuracy
-from .callbacks import (Callback, Learner, TrainEvalCallback, ProgressCallback, AvgStatsCallback,
-                               CancelFitException, CancelValidException, defaults, rank_distrib, rng_states, set_rng_states,
-                               _cb_states, _resumes, ensure_folder)
+from .core import rank_distrib, rng_states, set_rng_states, ensure_folder
+from .callbacks import Callback, Learner, AvgStatsCallback, CancelFitException, CancelValidException, defaults, _resumes
+from .checkpoint import _cb_states
 
-# %% ../nbs/05_anneal.ipynb #461b27dd
+# %% ../nbs/05_anneal.ipynb #c9e35ee8
 def _stack_cpu(ts):
     "0-d tensors stacked on the CPU, one copy per run of them on one device (a resumed record holds the checkpoint's on the CPU)."
     runs = [torch.stack(list(g)).cpu() for _, g in itertools.groupby(ts, key=lambda t: t.device)]
     return torch.cat(runs) if runs else torch.zeros(0)
 
+# %% ../nbs/05_anneal.ipynb #2f5ed5eb
 class Recorder(Callback):
     "Per-batch losses, smoothed loss and hypers (per parameter group) of the training batches, with plots."
     order, run_probe = 60, False

@@ -16,7 +16,9 @@ import torch.utils.data as tud
 from torch.nn.parallel import DistributedDataParallel
 from fastcore.basics import patch
 from .minibatch import DataLoader, Sampler
-from .callbacks import Callback, Learner, AvgStats, AvgMetric, AccumMetric, rank_distrib, _stack
+from .core import rank_distrib
+from .callbacks import Callback, Learner, AvgMetric, _stack
+from .metrics import AccumMetric
 from .accel_sgd import TerminateOnNaNCallback
 from .hardware import GradientAccumulation, resolve_device
 

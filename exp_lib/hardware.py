@@ -7,14 +7,14 @@ __all__ = ['resolve_device', 'default_device', 'to_device', 'MoveToDevice', 'Syn
            'GradientAccumulation', 'GradientClip']
 
 # %% ../nbs/17_hardware.ipynb #a47ffa13
-import math, numbers, os
+import numbers, os
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from fastcore.basics import patch
 from .minibatch import DataLoader
-from .callbacks import (Callback, Learner, CancelBatchException, CancelStepException, apply, defaults, _check_positive,
-                               _state_to_params)
+from .core import apply, _check_positive, _state_to_params
+from .callbacks import Callback, Learner, CancelBatchException, CancelStepException, defaults
 
 # %% ../nbs/17_hardware.ipynb #8e00a988
 def _available(d):

@@ -10,6 +10,7 @@ import math
 import torch
 import matplotlib.pyplot as plt
 from fastcore.basics import patch
+import exp_lib.predict  # Learner.get_preds, which from_learner calls
 
 # %% ../nbs/19_interpret.ipynb #433473e3
 class ClassificationInterpretation:

@@ -9,7 +9,9 @@ __all__ = ['logsumexp', 'log_softmax', 'nll', 'cross_entropy', 'flatten_check', 
 # %% ../nbs/03_minibatch.ipynb #c7b4ba36
 import math, numbers
 import torch
+import torch.utils.data as tud
 import torch.nn.functional as F
+from .core import _check_positive
 
 # %% ../nbs/03_minibatch.ipynb #6064a2d0
 def logsumexp(x):
@@ -62,12 +64,6 @@ class Dataset:
     def __repr__(self): return f"Dataset(n={len(self)})"
 
 # %% ../nbs/03_minibatch.ipynb #e0502f87
-def _check_positive(name, v, kind=numbers.Real, where=None):
-    "Refuse anything but a finite number > 0 (a whole one if `kind` is `numbers.Integral`) for the setting `name`."
-    if isinstance(v, bool) or not isinstance(v, kind) or not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{where + ': ' if where else ''}{name} must be a {'whole ' if kind is numbers.Integral else 'finite '}number > 0, "
-                         f"got {name}={v!r}.")
-
 class Sampler:
     "Yields batches of `bs` indices into `ds`: in order, or a fresh permutation every epoch when `shuffle`."
     def __init__(self, ds, bs, shuffle=False):
@@ -84,7 +80,7 @@ def collate(batch):
     xs, ys = zip(*batch)
     return torch.stack(xs), torch.stack(ys)
 
-# %% ../nbs/03_minibatch.ipynb #bdc861f4
+# %% ../nbs/03_minibatch.ipynb #e5ac8bfe
 def _tensor_pair(ds):
     "The `(x, y)` tensors of `ds`, on one device, when batches can be built by indexing them directly, else `None`."
     xy = (ds.x, ds.y) if isinstance(ds, Dataset) else getattr(ds, 'tensors', None)
@@ -107,6 +103,7 @@ def _pinned(b):
     if isinstance(b, torch.Tensor): return b.pin_memory()
     return type(b)(_pinned(o) for o in b) if isinstance(b, (tuple, list)) else b
 
+# %% ../nbs/03_minibatch.ipynb #410af1fb
 class DataLoader:
     "Batches of `ds`: `shuffle`d or in order (or in the order of `sampler`), built by `collate_fn`."
     def __init__(self, ds, bs=64, shuffle=False, sampler=None, collate_fn=collate, drop_last=False,
@@ -138,6 +135,33 @@ class DataLoader:
         raise ValueError(f"one_batch: this DataLoader yields no batch ({len(self.ds)} items, bs={self.bs}, drop_last={self.drop_last}).")
 
     def __repr__(self): return f"DataLoader({self.ds!r}, bs={self.bs}, batches={len(self)})"
+
+# %% ../nbs/03_minibatch.ipynb #f78e2025
+def _dataset(dl):
+    "The dataset of an exp_lib (`.ds`) or PyTorch (`.dataset`) DataLoader (None for none)."
+    return None if dl is None else dl.dataset if hasattr(dl, 'dataset') else getattr(dl, 'ds', None)
+
+def _describe_dl(dl):
+    if dl is None: return 'none'
+    ds = _dataset(dl)
+    return f"{len(ds) if hasattr(ds, '__len__') else '?'} items in {len(dl)} batches"
+
+def _first_item(ds):
+    "The first item of `ds` as a tuple, or None if it has none or cannot be indexed."
+    try: item = ds[0] if ds is not None and len(ds) else None
+    except (TypeError, IndexError, KeyError, NotImplementedError): return None
+    return tuple(item) if isinstance(item, (tuple, list)) else None
+
+def _check_loader(dl, where):
+    "`dl` if it is None or an iterable of batches; else a TypeError, naming what it is and what to write (a dataset, a tensor, one batch...)."
+    if dl is None or isinstance(dl, (DataLoader, tud.DataLoader)): return dl
+    make = "DataLoader(Dataset(x, y), bs=64)"
+    if isinstance(dl, (Dataset, tud.Dataset)): kind, fix = 'a dataset', f"wrap it in a DataLoader: DataLoader({type(dl).__name__}(...), bs=64)"
+    elif isinstance(dl, torch.Tensor) or hasattr(dl, '__array__'): kind, fix = f'an array of shape {tuple(dl.shape)}', f"make a loader: {make}"
+    elif isinstance(dl, tuple) and any(isinstance(t, torch.Tensor) for t in dl): kind, fix = 'a tuple of tensors (one batch?)', f"make a loader: {make}"
+    elif isinstance(dl, (str, bytes, dict)) or not hasattr(dl, '__iter__'): kind, fix = f'{dl!r:.40} (type {type(dl).__name__})', f"make one: {make}"
+    else: return dl
+    raise TypeError(f"{where} takes a DataLoader (or any iterable of batches); got {kind}: {fix}.")
 
 # %% ../nbs/03_minibatch.ipynb #53d41d20
 def get_dls(train_ds, valid_ds, bs, **kwargs):

@@ -15,7 +15,9 @@ import matplotlib
 import matplotlib.pyplot as plt
 from .data import get_mnist
 from .minibatch import Dataset, accuracy, get_dls
-from .callbacks import Callback, DataBunch, Learner, AvgStatsCallback, checkpoint_meta, rank_distrib, ensure_folder
+from .core import rank_distrib, ensure_folder
+from .callbacks import Callback, DataBunch, Learner, AvgStatsCallback
+from .checkpoint import checkpoint_meta
 from .anneal import CSVLogger, TensorBoardCallback
 from .interpret import ClassificationInterpretation
 from .distributed import num_distrib
@@ -139,7 +141,7 @@ def _savefig(fig, path):
     plt.close(fig)
     return path
 
-# %% ../nbs/20_train.ipynb #08eb9f2b
+# %% ../nbs/20_train.ipynb #22ef73a6
 class _Diverged(Exception): pass
 
 def _check_trained(learn, what=''):
@@ -178,6 +180,7 @@ def _resume_from(args):
     if diff: raise _UsageError(f"the checkpoint {args.resume} was made by a run with other options: " + ', '.join(diff) + "; resume with the same options")
     return meta
 
+# %% ../nbs/20_train.ipynb #2e1788e0
 def _interpretation_plots(learn, out, what):
     interp = ClassificationInterpretation.from_learner(learn)
     fig, ax = plt.subplots(figsize=(8, 8))
@@ -245,7 +248,7 @@ def run_compare(args, data, out):
     plot_comparison(recs, ax=ax)
     return rows, [out/'compare.md', out/'compare.csv', _savefig(fig, out/'compare.png')]
 
-# %% ../nbs/20_train.ipynb #dc012642
+# %% ../nbs/20_train.ipynb #bab15136
 def _without_nproc(argv):
     "The command line `argv` without its `--nproc N` (the processes torchrun starts must not start more)."
     res, skip = [], False
@@ -273,6 +276,7 @@ class _Stopped(BaseException):
 
 def _raise_stopped(signum, frame): raise _Stopped(signum)
 
+# %% ../nbs/20_train.ipynb #ae0db69d
 def _running(pid):
     "Whether process `pid` runs, as /proc says (a zombie has ended; without /proc, nothing is known to run)."
     try: return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'
@@ -330,6 +334,7 @@ def _launch(args, argv):
     relay.join()
     return code
 
+# %% ../nbs/20_train.ipynb #de499e83
 def main(argv=None):
     "Entry point of `exp_lib_train`; returns the exit code."
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -38,13 +38,13 @@ def ranks(rank, world, tmp):
     "Every case, in each of the 2 ranks; results go to tmp/rank{rank}.pt."
     torch.set_num_threads(1)
     dist.init_process_group('gloo', init_method=f'file://{tmp}/init', rank=rank, world_size=world)
-    from exp_lib.all import SGD, Adam, Callback, CSVLogger, GradientAccumulation, DistributedTrainer
+    from exp_lib.all import SGD, Adam, Callback, CSVLogger, GradientAccumulation, DistributedTrainer, flat_parts
     res = {}
     rows = []
     learn = learner(BS, SGD, 0.1, cbs=[CSVLogger(tmp/f'history{rank}.csv')], logger=rows.append)
     with learn.distrib_ctx():
         learn.fit(2)
-        res['flat'] = bool(learn.opt._flat)
+        res['flat'] = bool(flat_parts(learn.opt))
         learn.save(tmp/f'ckpt{rank}.pt')
         res['lr_find'] = learn.lr_find(show_plot=False, num_it=30)._asdict()
         res['preds'] = learn.get_preds()[0].shape
