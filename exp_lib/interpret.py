@@ -8,8 +8,8 @@ __all__ = ['ClassificationInterpretation']
 # %% ../nbs/19_interpret.ipynb #db3cb00b
 import math
 import torch
-import matplotlib.pyplot as plt
 from fastcore.basics import patch
+from .core import _subplots
 import exp_lib.predict  # Learner.get_preds, which from_learner calls
 
 # %% ../nbs/19_interpret.ipynb #433473e3
@@ -64,7 +64,7 @@ def plot_confusion_matrix(self:ClassificationInterpretation, normalize=False, ti
     cm = self.confusion_matrix().float()
     if normalize: cm = cm / cm.sum(1, keepdim=True).clamp(min=1)
     c = len(cm)
-    ax = ax or plt.subplots(figsize=(0.6 * c + 2, 0.6 * c + 2))[1]
+    ax = ax or _subplots(figsize=(0.6 * c + 2, 0.6 * c + 2))[1]
     ax.imshow(cm.numpy(), cmap=cmap)
     ax.set_xticks(range(c), self.vocab); ax.set_yticks(range(c), self.vocab)
     for i in range(c):
@@ -80,7 +80,7 @@ def plot_top_losses(self:ClassificationInterpretation, k=9, ncols=3, title='top 
     losses, idxs = self.top_losses(k)
     inputs = self.inputs[0] if isinstance(self.inputs, (tuple, list)) else self.inputs
     nrows = max(1, math.ceil(len(idxs) / ncols))
-    fig, axs = plt.subplots(nrows, ncols, figsize=(2.4 * ncols, 2.6 * nrows), squeeze=False)
+    fig, axs = _subplots(nrows, ncols, figsize=(2.4 * ncols, 2.6 * nrows), squeeze=False)
     for ax in axs.flat: ax.axis('off')
     for ax, l, i in zip(axs.flat, losses.tolist(), idxs.tolist()):
         _show(ax, inputs[i])

@@ -95,12 +95,11 @@ class ProgressCallback(Callback):
         self.mbar = self.pbar = None
         bars = _bar_classes(self.kind)
         if bars is None or rank_distrib(): return
-        self.pbar_cls = bars[1]
-        self.mbar = bars[0](range(self.learn.n_epoch))
-        self.mbar.on_iter_begin()
-        self.old_logger, self.learn.logger = self.learn.logger, partial(self.mbar.write, table=True)
+        self.pbar_cls, self.old_logger = bars[1], self.learn.logger
+        self.mbar = bars[0](range(self.learn.n_epoch - self.learn.start_epoch))  # it shows itself at its first update
+        self.learn.logger = partial(self.mbar.write, table=True)
     def before_epoch(self):
-        if self.mbar: self.mbar.update(self.learn.epoch)
+        if self.mbar: self.mbar.update(self.learn.epoch - self.learn.start_epoch)
     def _launch(self):
         if not self.mbar: return
         self.pbar = self.pbar_cls(self.learn.dl, parent=self.mbar, leave=False)

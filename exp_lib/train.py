@@ -6,16 +6,15 @@
 __all__ = ['make_model', 'build_parser', 'train_once', 'write_table', 'run_compare', 'main']
 
 # %% ../nbs/20_train.ipynb #5ad6f865
-import argparse, csv, ctypes, math, os, signal, subprocess, sys, threading, time
+import argparse, csv, ctypes, math, os, signal, subprocess, sys, threading
+import psutil
 from functools import partial
 from pathlib import Path
 import torch
 from torch import nn
-import matplotlib
-import matplotlib.pyplot as plt
 from .data import get_mnist
 from .minibatch import Dataset, accuracy, get_dls
-from .core import rank_distrib, ensure_folder
+from .core import rank_distrib, ensure_folder, _subplots, _pyplot
 from .callbacks import Callback, DataBunch, Learner, AvgStatsCallback
 from .checkpoint import checkpoint_meta
 from .anneal import CSVLogger, TensorBoardCallback
@@ -138,7 +137,7 @@ def _load_data(path, bs):
 
 def _savefig(fig, path):
     fig.savefig(path, dpi=100, bbox_inches='tight')
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 # %% ../nbs/20_train.ipynb #22ef73a6
@@ -183,7 +182,7 @@ def _resume_from(args):
 # %% ../nbs/20_train.ipynb #2e1788e0
 def _interpretation_plots(learn, out, what):
     interp = ClassificationInterpretation.from_learner(learn)
-    fig, ax = plt.subplots(figsize=(8, 8))
+    fig, ax = _subplots(figsize=(8, 8))
     interp.plot_confusion_matrix(title=f'confusion matrix: {what}', ax=ax)
     return [_savefig(fig, out/'confusion.png'), _savefig(interp.plot_top_losses(9, title=what), out/'top_losses.png')]
 
@@ -206,12 +205,12 @@ def _train(learn, args, out, meta):
         if start >= args.epochs: raise _UsageError(f"the checkpoint {args.resume} already holds all {args.epochs} epochs; there is nothing to resume")
         if rank0: print(f"resuming from {args.resume} after epoch {start - 1}")
     elif args.lr == 'auto':
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = _subplots(figsize=(6, 4))
         learn.lr = learn.lr_find(ax=ax, show_plot=rank0).valley
         if rank0:
             written.append(_savefig(fig, out/'lr_find.png'))
             print(f"lr_find suggests lr={learn.lr:.3g}")
-        else: plt.close(fig)
+        else: _pyplot().close(fig)
     elif args.lr is not None: learn.lr = args.lr
     meta['lr_used'] = learn.lr
     if args.wd is not None: learn.wd = args.wd
@@ -244,7 +243,7 @@ def run_compare(args, data, out):
     rows, recs = compare_optimizers(partial(_learner_for, args, data, logger=lambda row: None, progress=not args.no_progress), args.compare, args.epochs, sched=args.sched, seed=args.seed, lr=args.lr, wd=args.wd)
     for name, rec in recs.items(): _check_trained(rec.learn, f" of {name}")
     print(write_table(rows, out), end='')
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _subplots(figsize=(7, 4))
     plot_comparison(recs, ax=ax)
     return rows, [out/'compare.md', out/'compare.csv', _savefig(fig, out/'compare.png')]
 
@@ -277,38 +276,19 @@ class _Stopped(BaseException):
 def _raise_stopped(signum, frame): raise _Stopped(signum)
 
 # %% ../nbs/20_train.ipynb #ae0db69d
-def _running(pid):
-    "Whether process `pid` runs, as /proc says (a zombie has ended; without /proc, nothing is known to run)."
-    try: return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'
-    except (OSError, IndexError): return False
-
-def _descendants(pid):
-    "The pids of every process under `pid` (read from /proc; none where there is no /proc)."
-    children = {}
-    for d in Path('/proc').glob('[0-9]*'):
-        try: children.setdefault(int((d/'stat').read_text().rsplit(')', 1)[1].split()[1]), []).append(int(d.name))
-        except (OSError, IndexError, ValueError): continue
-    res, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        res += kids; todo += kids
-    return res
-
-def _signal_all(pids, sig):
-    for pid in pids:
-        try: os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError): pass
+def _signal_each(procs, send):
+    "Call `send(p)` on each `psutil.Process` in `procs` that has not ended (psutil checks first that it is still the process found, not another with its number)."
+    for p in procs:
+        try: send(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied): pass
 
 def _stop(proc, grace=5.):
     "End torchrun and every process under it: SIGTERM, then SIGKILL to whatever still runs after `grace` seconds."
-    pids = [proc.pid] + _descendants(proc.pid)
-    _signal_all(pids, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        proc.poll()
-        if not any(_running(p) for p in pids): break
-        time.sleep(0.05)
-    _signal_all([p for p in pids if _running(p)], signal.SIGKILL)
+    try: root = psutil.Process(proc.pid); procs = [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess: procs = []
+    _signal_each(procs, psutil.Process.terminate)
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    _signal_each(alive, psutil.Process.kill)
     proc.wait()
 
 def _relay(stream, quiet):
@@ -339,7 +319,7 @@ def main(argv=None):
     "Entry point of `exp_lib_train`; returns the exit code."
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    matplotlib.use('Agg')
+    _pyplot().switch_backend('Agg')
     rank0 = not rank_distrib()
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGTERM, _raise_stopped)

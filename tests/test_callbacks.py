@@ -59,7 +59,7 @@ def test_an_interrupted_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     learn.save(tmp_path/'a.pt')
     good = (tmp_path/'a.pt').read_bytes()
     def dying_save(obj, f):
-        Path(f).write_bytes(b'half a checkpoint')
+        f.write(b'half a checkpoint')
         raise KeyboardInterrupt()
     monkeypatch.setattr(torch, 'save', dying_save)
     with pytest.raises(KeyboardInterrupt): learn.save(tmp_path/'a.pt')
@@ -115,3 +115,27 @@ def test_an_exported_learner_predicts_the_same_in_a_fresh_process(tmp_path):
     here, there = torch.stack([learn.predict(x)[2] for x in xs]), torch.load(tmp_path/'probs.pt', weights_only=True)
     if learn.device.type == 'cpu': assert torch.equal(there, here)
     else: assert torch.allclose(there, here, rtol=0, atol=64 * torch.finfo(here.dtype).eps), (there - here).abs().max()  # the GPU rounds otherwise
+
+def test_a_checkpoint_reaches_the_disk_before_its_name(tmp_path, monkeypatch):
+    "The temporary file is synced before the rename and its folder after it: a power loss cannot leave an empty file under the final name."
+    import os
+    synced, real = [], os.fsync
+    def fsync(fd):
+        synced.append('folder' if os.path.isdir(os.readlink(f'/proc/self/fd/{fd}')) else os.path.basename(os.readlink(f'/proc/self/fd/{fd}')))
+        real(fd)
+    if not os.path.isdir('/proc/self/fd'): pytest.skip('reads which file a descriptor is from /proc')
+    monkeypatch.setattr(os, 'fsync', fsync)
+    Learner(mlp(), data(), progress=False, logger=lambda r: None).save(tmp_path/'a.pt')
+    assert synced == ['.a.pt.%d.tmp' % os.getpid(), 'folder'], synced
+
+def test_a_bar_that_cannot_start_leaves_the_learner_as_it_was():
+    "HTML bars outside a notebook cannot show; whatever that raises, the fit ends with the learner's own logger back and no AttributeError."
+    rows = []
+    learn = Learner(mlp(), data(), logger=rows.append, progress=False, cbs=[ProgressCallback('html')])
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        try: learn.fit(1)
+        except Exception as e: assert not isinstance(e, AttributeError), e
+    assert not [w for w in caught if 'after_fit failed' in str(w.message)], [str(w.message) for w in caught]
+    assert learn.logger == rows.append and learn.progress.mbar is None

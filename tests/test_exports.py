@@ -41,3 +41,9 @@ def test_every_export_imports_and_every_plot_draws_from_a_fresh_interpreter():
     r = subprocess.run([sys.executable, '-c', SCRIPT], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.startswith('ok')
+
+def test_the_library_imports_no_plotting_and_no_web_framework():
+    "`import exp_lib.all` brings neither matplotlib (imported at the first plot) nor a web framework (fastprogress 1.1 pulls python-fasthtml)."
+    code = "import sys, exp_lib.all; print(sorted({m.split('.')[0] for m in sys.modules} & {'matplotlib', 'fasthtml', 'starlette', 'uvicorn'}))"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == '[]', (r.stdout, r.stderr[-2000:])

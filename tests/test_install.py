@@ -31,7 +31,11 @@ def test_wheel_installs_into_a_fresh_venv(tmp_path):
     py, env = tmp_path/'env'/'bin'/'python', {**os.environ, 'MPLBACKEND': 'Agg', 'EXP_LIB_CACHE': str(tmp_path/'cache')}
     env.pop('EXP_LIB_DATA', None)
     sh(py, '-m', 'pip', 'install', '--quiet', os.environ.get('TORCH', 'torch==2.13.0'))
+    before = set(sh(py, '-m', 'pip', 'list', '--format=freeze').stdout.split())
     sh(py, '-m', 'pip', 'install', '--quiet', wheel)
+    added = {l.split('==')[0].lower() for l in set(sh(py, '-m', 'pip', 'list', '--format=freeze').stdout.split()) - before}
+    print(f"fresh venv: installing exp_lib added {len(added)} packages: {sorted(added)}")
+    assert not added & {'starlette', 'uvicorn', 'python-fasthtml', 'anyio', 'httpx'}, sorted(added)
     code = ("from exp_lib.all import *; import fastcore, exp_lib; "
             "assert hasattr(Learner, 'fit_one_cycle') and hasattr(Learner, 'lr_find') and hasattr(Learner, 'to_fp16'); "
             "print(exp_lib.__version__, fastcore.__version__)")

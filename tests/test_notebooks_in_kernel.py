@@ -40,3 +40,23 @@ def test_notebook_runs_in_a_kernel(fn, executed):
     warned = [(i, o['text'][:300]) for i, c in enumerate(nb.cells) for o in c.get('outputs', [])
               if o.get('name') == 'stderr' and 'Warning' in o.get('text', '')]
     assert not warned, f"{fn.name}: cells print warnings: {warned}"
+
+ONE_FIT = """
+import torch
+from torch import nn
+from exp_lib.all import Learner, DataBunch, DataLoader, Dataset
+ds = Dataset(torch.randn(64, 3), torch.randint(0, 2, (64,)))
+Learner(nn.Linear(3, 2), DataBunch(DataLoader(ds, 16), DataLoader(ds, 32))).fit(2)
+"""
+
+def _html(o): return o.get('data', {}).get('text/html', '') if o.get('output_type') in ('display_data', 'execute_result') else ''
+
+def test_one_fit_in_a_notebook_leaves_one_progress_output(tmp_path):
+    "A fit shows one bar, which ends as the epoch table: no second, frozen bar, and no object's repr printed as text."
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(ONE_FIT)])
+    NotebookClient(nb, timeout=300, kernel_name='python3', resources={'metadata': {'path': str(tmp_path)}}).execute(env=kernel_env())
+    outs = nb.cells[0].outputs
+    shown = [_html(o) for o in outs if '<progress' in _html(o) or '<table' in _html(o)]
+    assert len(shown) == 1, shown
+    assert '<progress' not in shown[0] and shown[0].count('<tr') == 3, shown[0]  # the header and two epochs
+    assert not [o for o in outs if 'object at 0x' in str(o)], outs
