@@ -54,7 +54,10 @@ class Optimizer:
     "Steps parameter groups by running the optimizer callbacks `cbs` on each parameter, with per-group hypers."
     def __init__(self, params, cbs,
                  flat=True, # step each group on flat buffers where it can, running the same callbacks (`16a_flat`)
+                 compile=None, # each flat part as one compiled pass: True, False, or None for the parts large enough to pay (`16a_flat`)
                  **defaults):
+        if compile not in (None, True, False): raise ValueError(f"Optimizer: compile is True, False or None (where it pays), got {compile!r}.")
+        if compile and not flat: raise ValueError("Optimizer: compile=True needs flat=True: the compiled pass runs on a group's flat buffers.")
         self.cbs = list(cbs)
         base = {}
         for cb in self.cbs: base.update(_cb_attr(cb, 'defaults') or {})
@@ -70,7 +73,7 @@ class Optimizer:
         self.hypers = [{**{k: vs[i] for k, vs in spread.items()}, **own} for i, (_, own) in enumerate(groups)]
         for i, h in enumerate(self.hypers): _check_hypers(h, f"Optimizer parameter group {i}")
         self._views = [ParamGroup(ps, h) for ps, h in zip(self.param_lists, self.hypers)]
-        self._state, self.flat = {}, flat
+        self._state, self.flat, self.compile = {}, flat, compile
 
     @property
     def param_groups(self): return self._views
@@ -160,7 +163,7 @@ def debias(mom, damp, step):
 
 def adam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     "Adam: the debiased gradient average over the root of the debiased squared average."
-    debias1, root2 = debias(mom, 1 - mom, step), math.sqrt(debias(sqr_mom, 1 - sqr_mom, step))
+    debias1, root2 = debias(mom, 1 - mom, step), debias(sqr_mom, 1 - sqr_mom, step) ** 0.5
     p.addcdiv_(grad_avg, sqr_avg.sqrt().add_(eps * root2), value=-lr * root2 / debias1)
 adam_step.defaults = dict(eps=1e-5)
 
@@ -180,24 +183,24 @@ def _decay(decouple_wd):
     "The weight-decay callback: decoupled, or L2 regularisation."
     return [weight_decay] if decouple_wd else [l2_reg]
 
-def SGD(params, lr, mom=0., wd=0., decouple_wd=True, flat=True):
+def SGD(params, lr, mom=0., wd=0., decouple_wd=True, flat=True, compile=None):
     "SGD, with momentum if `mom`, and weight decay (decoupled, or L2 if not `decouple_wd`)."
     cbs = _decay(decouple_wd) + ([average_grad, momentum_step] if mom else [sgd_step])
-    return Optimizer(params, cbs, flat=flat, lr=lr, mom=mom, wd=wd)
+    return Optimizer(params, cbs, flat=flat, compile=compile, lr=lr, mom=mom, wd=wd)
 
-def RMSProp(params, lr, mom=0., sqr_mom=0.99, eps=1e-8, wd=0., decouple_wd=True, flat=True):
+def RMSProp(params, lr, mom=0., sqr_mom=0.99, eps=1e-8, wd=0., decouple_wd=True, flat=True, compile=None):
     "RMSProp (with momentum on the gradient if `mom`)."
     cbs = _decay(decouple_wd) + ([average_grad] if mom else []) + [average_sqr_grad, rms_prop_step]
-    return Optimizer(params, cbs, flat=flat, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
+    return Optimizer(params, cbs, flat=flat, compile=compile, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
 
-def adam_family(params, step_cb, lr, mom, sqr_mom, eps, wd, decouple_wd, flat=True, **hypers):
+def adam_family(params, step_cb, lr, mom, sqr_mom, eps, wd, decouple_wd, flat=True, compile=None, **hypers):
     "An optimizer of Adam's shape: weight decay, damped gradient average, squared average, step count, then `step_cb`."
     cbs = _decay(decouple_wd) + [partial(average_grad, dampening=True), average_sqr_grad, step_stat, step_cb]
-    return Optimizer(params, cbs, flat=flat, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, **hypers)
+    return Optimizer(params, cbs, flat=flat, compile=compile, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, **hypers)
 
-def Adam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01, decouple_wd=True, flat=True):
+def Adam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01, decouple_wd=True, flat=True, compile=None):
     "Adam (AdamW when `decouple_wd`), with fastai's defaults."
-    return adam_family(params, adam_step, lr, mom, sqr_mom, eps, wd, decouple_wd, flat)
+    return adam_family(params, adam_step, lr, mom, sqr_mom, eps, wd, decouple_wd, flat, compile)
 
 # %% ../nbs/16_accel_sgd.ipynb #e8ecbd19
 def radam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, beta=0., **kwargs):
@@ -213,9 +216,9 @@ def radam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, beta=0., **kwa
         p.addcdiv_(grad_avg, denom, value=-lr * rect / debias1)
 radam_step.defaults = dict(eps=1e-5, beta=0.)
 
-def RAdam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., beta=0., decouple_wd=True, flat=True):
+def RAdam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., beta=0., decouple_wd=True, flat=True, compile=None):
     "Rectified Adam (with `beta`, the denominator goes through a softplus of that sharpness, as in fastai)."
-    return adam_family(params, radam_step, lr, mom, sqr_mom, eps, wd, decouple_wd, flat, beta=beta)
+    return adam_family(params, radam_step, lr, mom, sqr_mom, eps, wd, decouple_wd, flat, compile, beta=beta)
 
 # %% ../nbs/16_accel_sgd.ipynb #b11135ae
 def lamb_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
@@ -227,9 +230,9 @@ def lamb_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     p.sub_(scale_per_tensor_(p, upd, lr * q))
 lamb_step.defaults = dict(eps=1e-5)
 
-def Lamb(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., decouple_wd=True, flat=True):
+def Lamb(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., decouple_wd=True, flat=True, compile=None):
     "LAMB."
-    return adam_family(params, lamb_step, lr, mom, sqr_mom, eps, wd, decouple_wd, flat)
+    return adam_family(params, lamb_step, lr, mom, sqr_mom, eps, wd, decouple_wd, flat, compile)
 
 # %% ../nbs/16_accel_sgd.ipynb #e72f2ad0
 class Lookahead:

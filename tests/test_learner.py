@@ -11,7 +11,7 @@ from exp_lib.all import Learner, DataBunch, DataLoader, Dataset, Callback, accur
 QUIET = dict(progress=False, logger=lambda r: None)
 
 def tiny_data():
-    ds = Dataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+    ds = Dataset(torch.randn(4, 3), torch.tensor([0, 1, 1, 0]))  # both classes: a one-output model must fail on them
     return DataBunch(DataLoader(ds, 2), DataLoader(Dataset(torch.randn(2, 3), torch.randint(0, 2, (2,))), 4), c=2)
 
 class TwoHeads(nn.Module):

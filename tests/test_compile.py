@@ -1,0 +1,91 @@
+"""The compiled optimizer step (16a_flat, issue 28) where it must not change a number: no C++ compiler, a device torch.compile does not
+support, copies and pickles of a compiled optimizer, Lookahead, a checkpoint between compiled and eager optimizers, the default's size rule."""
+import copy, math, pickle, warnings
+import pytest, torch
+import torch.nn.functional as F
+from torch import nn
+import fastcore.test as ft
+import exp_lib.flat as flat
+from exp_lib.all import Adam, Lookahead
+
+def train(make, steps=8, model=None, change=None):
+    "`steps` steps of `make(params)` on a small two-layer model, the lr changed at every step; the weights and the optimizer."
+    torch.manual_seed(0)
+    model = model or nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 4))
+    opt = make(list(model.parameters()))
+    g = torch.Generator().manual_seed(1)
+    for i in range(steps):
+        for pg in opt.param_groups: pg['lr'] = 0.01 * (1 + math.sin(i / 3))
+        F.cross_entropy(model(torch.randn(16, 6, generator=g)), torch.randint(0, 4, (16,), generator=g)).backward()
+        opt.step(); opt.zero_grad()
+        if change: opt = change(i, opt) or opt
+    return [p.detach().clone() for p in model.parameters()], opt
+
+def max_diff(a, b): return max(float((x - y).detach().abs().max()) for x, y in zip(a, b))
+
+def eager_said(fn):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        res = fn()
+    return res, [str(w.message) for w in caught if 'steps eagerly' in str(w.message)]
+
+def test_without_a_cpp_compiler_the_step_is_eager_exact_and_says_why_once(monkeypatch):
+    import torch._inductor.config as ic
+    monkeypatch.setattr(flat, '_blockers', {})
+    with ic.patch({'cpp.cxx': (None, 'no-such-c++-compiler')}):
+        (ws, opt), said = eager_said(lambda: train(lambda ps: Adam(ps, 0.01, compile=True)))
+    ft.test_eq(len(said), 1)
+    assert 'no C++ compiler' in said[0] and 'CXX' in said[0], said
+    ft.test_eq(opt._flat.chains, {})
+    ft.test_eq(max_diff(ws, train(lambda ps: Adam(ps, 0.01))[0]), 0.)
+
+def test_a_device_torch_compile_does_not_support_is_named():
+    assert "'mps'" in flat._cannot_compile(torch.device('mps'))
+    assert flat._cannot_compile(torch.device('cpu')) is None
+
+def test_compile_is_checked():
+    with pytest.raises(ValueError, match='compile is True, False or None'): Adam([nn.Parameter(torch.ones(2))], 0.1, compile='yes')
+    with pytest.raises(ValueError, match='needs flat=True'): Adam([nn.Parameter(torch.ones(2))], 0.1, flat=False, compile=True)
+
+def test_the_default_compiles_only_parts_from_compile_from(monkeypatch):
+    ws, small = train(lambda ps: Adam(ps, 0.01))
+    ft.test_eq(small._flat.chains, {})  # 100 numbers: eager
+    monkeypatch.setattr(flat, 'compile_from', 50)
+    ws2, big = train(lambda ps: Adam(ps, 0.01))
+    assert big._flat.chains and all(c.fn is not None for c in big._flat.chains.values())
+    assert max_diff(ws, ws2) < 1e-6
+
+def test_a_copy_or_a_pickle_of_a_compiled_optimizer_steps_on():
+    _, opt = train(lambda ps: Adam(ps, 0.01, compile=True), steps=5)
+    assert opt._flat.chains
+    twins = [copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))]  # without the compiled passes: each copy compiles its own
+    ft.test_eq([t._flat.chains for t in twins], [{}, {}])
+    for o in [opt] + twins:
+        for _ in range(4):
+            for p in o.all_params: p.grad = torch.full_like(p, 0.1)
+            o.step()
+    for t in twins: assert max_diff(t.all_params, opt.all_params) < 1e-6
+
+def test_lookahead_and_a_checkpoint_between_compiled_and_eager():
+    la = lambda c: (lambda ps: Lookahead(Adam(ps, 0.01, compile=c), k=3))
+    assert max_diff(train(la(True), steps=12)[0], train(la(False), steps=12)[0]) < 1e-6
+    def reload(compile_after):
+        def change(i, opt):
+            if i == 5:
+                new = Adam(opt.all_params, 0.01, compile=compile_after); new.load_state_dict(copy.deepcopy(opt.state_dict()))
+                return new
+        return change
+    eager = train(lambda ps: Adam(ps, 0.01, compile=False), steps=12)[0]
+    for before, after in ((True, False), (False, True), (True, True)):
+        ws, opt = train(lambda ps: Adam(ps, 0.01, compile=before), steps=12, change=reload(after))
+        assert max_diff(ws, eager) < 1e-6, (before, after, max_diff(ws, eager))
+        ft.test_eq({s['step'] for s in opt.state_dict()['state'].values()}, {12})
+
+def test_state_edited_through_opt_state_reaches_the_compiled_pass():
+    def edit(i, opt):
+        if i == 4:
+            for s in opt.state.values(): s['grad_avg'].zero_()
+    a = train(lambda ps: Adam(ps, 0.01, compile=True), change=edit)[0]
+    b = train(lambda ps: Adam(ps, 0.01, compile=False), change=edit)[0]
+    assert max_diff(a, b) < 1e-6
+    assert max_diff(a, train(lambda ps: Adam(ps, 0.01, compile=False))[0]) > 1e-5  # the edit did something
