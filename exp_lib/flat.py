@@ -420,7 +420,7 @@ def _numbers_back(part):
 
 def _compiling(opt, f, part):
     "Whether `part` steps as one compiled pass: `opt.compile` True, or None for a part of at least `compile_from` numbers; never where it cannot."
-    want = opt.compile
+    want = getattr(opt, 'compile', None)  # None on an Optimizer pickled before it had the option
     if f.compile_off or not (want or (want is None and part.param.numel() >= compile_from)): return False
     why = _cannot_compile(part.param.device)
     if why: _stop_compiling(f, why)
