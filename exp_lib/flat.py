@@ -7,7 +7,7 @@ __all__ = ['compile_from', 'flat_parts', 'flat_step', 'flat_state', 'flat_zero_g
            'tensor_norms', 'scale_per_tensor_']
 
 # %% ../nbs/16a_flat.ipynb #2e16c408
-import operator, types, warnings
+import operator, types, warnings, weakref
 from collections import namedtuple
 import torch
 from fastcore.basics import patch
@@ -132,16 +132,19 @@ def zero_grad(self:_FlatPart):
     return attached
 
 # %% ../nbs/16a_flat.ipynb #7c86a9ac
-def _in_other_buffer(p, own):
-    "Whether `p` is part of a larger buffer that is not one of the optimizer's own (`own`: their addresses), such as the one cuDNN keeps an RNN's weights in."
-    s = p.untyped_storage()
-    return (p.storage_offset() or s.nbytes() != p.numel() * p.element_size()) and s.data_ptr() not in own
+_made = weakref.WeakSet()  # the storages of every flat buffer made in this process, for as long as something views them
 
-def _flat_lists(ps, state, own=frozenset()):
+def _in_other_buffer(p):
+    """Whether `p` is part of a larger buffer that no flat part made, such as the one cuDNN keeps an RNN's weights in. A flat part's buffer is
+    not: a new optimizer on a model that another one trained (`fit(reset_opt=True)`, `fine_tune`) copies its parameters into buffers of its own."""
+    s = p.untyped_storage()
+    return (p.storage_offset() or s.nbytes() != p.numel() * p.element_size()) and s not in _made
+
+def _flat_lists(ps, state):
     """A group's parameters split into the lists that make one flat part each (one per dtype, device and per-parameter numbers, as `do_wd`
     or a step count); None if they cannot be flat: a parameter without gradient, a sparse one, one in another's buffer (`_in_other_buffer`),
     state not shaped like its parameter."""
-    if any(p.grad is None or p.grad.is_sparse or not p.is_contiguous() or p.grad.shape != p.shape or _in_other_buffer(p, own) for p in ps): return None
+    if any(p.grad is None or p.grad.is_sparse or not p.is_contiguous() or p.grad.shape != p.shape or _in_other_buffer(p) for p in ps): return None
     lists = {}
     for p in ps:
         s = state.setdefault(p, {})
@@ -220,10 +223,10 @@ def _flat_ok(opt, f, gi, lists, hyper):
 
 # %% ../nbs/16a_flat.ipynb #5c62b363
 class _Flat:
-    """The flat buffers of one optimizer: its groups' parts, the groups probed, the callbacks found to need tensors, the buffers made, edit marks;
+    """The flat buffers of one optimizer: its groups' parts, the groups probed, the callbacks found to need tensors, edit marks;
     and the compiled passes of its parts (`chains`), or why it cannot compile (`compile_off`)."""
     def __init__(self):
-        self.parts, self.probed, self.per_tensor_cbs, self.buffers, self.looked, self.written = {}, set(), [], set(), False, [False]
+        self.parts, self.probed, self.per_tensor_cbs, self.looked, self.written = {}, set(), [], False, [False]
         self.chains, self.compile_off = {}, None
     def __getstate__(self): return {**self.__dict__, 'chains': {}}  # a copy (pickled, deep-copied) compiles its passes again where it steps
 
@@ -246,10 +249,10 @@ def _step_flat(opt, f, gi, ps, hyper):
     if 'no grad' in status: return False
     if 'moved' in status:
         opt.state_to_params()
-        lists = _flat_lists(ps, flat_state(opt), f.buffers)
+        lists = _flat_lists(ps, flat_state(opt))
         if lists is None or not _flat_ok(opt, f, gi, lists, hyper): return False
         parts = f.parts[gi] = [_FlatPart(ps_, opt._state, f.written) for ps_ in lists]
-        f.buffers.update(part.data.untyped_storage().data_ptr() for part in parts)
+        _made.update(part.data.untyped_storage() for part in parts)
     for pi, part in enumerate(parts): _step_part(opt, f, (gi, pi), part, hyper)
     return True
 
@@ -336,13 +339,14 @@ def scale_per_tensor_(p, t, v):
 
 # %% ../nbs/16a_flat.ipynb #65d61ae7
 compile_from = 1 << 20  # `compile=None` (the default): compile a part of at least this many numbers (measured below)
-_warmup = 2  # eager steps of a part before its compiled pass: enough to see which numbers change at every step
 _inductor = {'realize_opcount_threshold': 0}  # a value computed from 0-d inputs (a debias term) once, not in the loop over numbers
 
-def _chain(p, cbs, const, tensors):
-    """Every callback of `cbs` in turn on flat parameter `p`, as the eager step runs them, with the numbers `const` and the tensors `tensors`:
-    the new state. A new tensor that replaces a state buffer (the chapter's `grad_avg*mom + grad`) is written into it: no new buffer per step."""
+def _chain(p, cbs, const, tensors, names=(), packed=None):
+    """Every callback of `cbs` in turn on flat parameter `p`, as the eager step runs them, with the numbers `const`, the tensors `tensors` and the
+    hypers `names` packed in one vector (one input, not one each): the new state. A new tensor that replaces a state buffer (the chapter's
+    `grad_avg*mom + grad`) is written into it: no new buffer per step."""
     kw, new = {**const, **tensors}, {}
+    if names: kw.update(zip(names, packed.unbind()))
     for cb in cbs:
         res = cb(p, **kw)
         if res is None or res is p: continue
@@ -358,25 +362,57 @@ def _fresh(fn):
     return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
 def _is_number(v): return type(v) in (int, float)  # not a bool: what is on or off stays a constant, to branch on
-
-class _Chain:
-    "The compiled pass of one flat part: its steps so far, how often each number changed, the 0-d tensors that carry the changing hypers."
-    def __init__(self): self.steps, self.last, self.changes, self.fn, self.inputs, self.held = 0, {}, {}, None, {}, {}
-    def watch(self, numbers):
-        "Count, for each of this step's `numbers`, whether it differs from the last step's."
-        for k in numbers.keys() | self.last.keys():
-            if numbers.get(k) != self.last.get(k): self.changes[k] = self.changes.get(k, 0) + 1
-        self.last, self.steps = numbers, self.steps + 1
-    def varying(self): return {k for k, n in self.changes.items() if n >= 2}
-    def value(self, k, v, device):
-        "Hyper `k` as a 0-d tensor on `device`, the same tensor from step to step, holding `v`."
-        t = self.inputs.get(k)
-        if t is None or t.device != device or t.dtype != _dtype(v): t = self.inputs[k] = torch.tensor(v, dtype=_dtype(v), device=device)
-        elif self.held.get(k) != v: t.fill_(v)
-        self.held[k] = v
-        return t
-
 def _dtype(v): return torch.float64 if isinstance(v, float) else torch.int64
+
+# %% ../nbs/16a_flat.ipynb #07d71f46
+_to_python = {'__bool__', '__float__', '__int__', '__index__', '__complex__', '__format__', '__array__', 'item', 'tolist', 'numpy'}
+
+class _Conversions(TorchFunctionMode):
+    "Counts the tensors turned into Python or NumPy values in its block (an `if`, `float()`, `math.sqrt`, `.item()`): what one graph cannot hold."
+    def __init__(self): super().__init__(); self.n = 0
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, '__name__', None) in _to_python: self.n += 1
+        return func(*args, **(kwargs or {}))
+
+def _run_small(cbs, p, grad, kw):
+    """Every callback of `cbs` in turn, as the eager step runs them, on copies of `p` (with gradient `grad`) and of the state in `kw`: the state
+    returned, and for each callback the tensors it turned into Python values; a callback that raised ends the list with its exception."""
+    p = _flat_param(p.clone(), grad.clone(), None)
+    kw, new, counts = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kw.items()}, {}, []
+    with torch.random.fork_rng(devices=[p.device] if p.device.type == 'cuda' else []), _Conversions() as mode:  # draws nothing from the run's generators
+        for cb in cbs:
+            n = mode.n
+            try: res = cb(p, **kw)
+            except Exception as e: return new, counts + [e]
+            counts.append(mode.n - n)
+            if res is not None and res is not p: _merge_state(kw, res, cb, p); new.update(res)
+    return new, counts
+
+_Plan = namedtuple('_Plan', 'settled inputs fixed order packed why')
+
+def _plan(cbs, part, hyper, k=4):
+    """How `part` steps compiled with `hyper`, read off its callbacks run on copies of its first `k` numbers: whether its state has `settled` (a
+    step adds no name to it), the numbers that enter as 0-d tensors (`inputs`), those a callback needs as Python numbers (`fixed`, each with the
+    callback), the names in a fixed `order` but the float hypers `packed` in one vector; and `why` it cannot compile, if a callback raised or
+    needs as a Python number one that changes."""
+    kw = {n: (v.item() if not v.dim() else v[:k]) if isinstance(v, torch.Tensor) else v for n, v in {**part.state, **hyper}.items()}
+    p, g = part.data[:k], part.grad[:k]
+    new, counts = _run_small(cbs, p, g, kw)
+    if counts and isinstance(counts[-1], Exception):
+        return _Plan(True, (), {}, (), (), f"callback {_cb_name(cbs[len(counts) - 1])} raised on a copy of {k} numbers ({counts[-1]!r:.200})")
+    if not set(new) <= set(part.state): return _Plan(False, (), {}, (), (), None)  # the state is still being made (a first step)
+    fixed = {}
+    for n, v in kw.items():
+        if not _is_number(v): continue
+        _, seen = _run_small(cbs, p, g, {**kw, n: torch.tensor(v, dtype=_dtype(v), device=p.device)})
+        first = next((i for i, (a, b) in enumerate(zip(seen, counts)) if isinstance(a, Exception) or a > b), None)
+        if first is not None: fixed[n] = _cb_name(cbs[first])
+    changing = next((n for n in fixed if n in part.state and n not in hyper and new.get(n, kw[n]) != kw[n]), None)
+    why = changing and (f"callback {fixed[changing]} needs {changing!r} as a Python number (an if, float(), math), and it changes at every step: "
+                        "each value would compile anew")
+    inputs = frozenset(n for n, v in kw.items() if _is_number(v) and n not in fixed)
+    packed = tuple(sorted(n for n in inputs if n in hyper and type(hyper[n]) is float))
+    return _Plan(True, inputs, fixed, tuple(sorted(set(kw) - set(packed))), packed, why)
 
 # %% ../nbs/16a_flat.ipynb #9524523c
 _compile_devices = ('cpu', 'cuda', 'xpu')
@@ -427,24 +463,61 @@ def _compiling(opt, f, part):
     return not why
 
 # %% ../nbs/16a_flat.ipynb #9232f853
+_graphs = 4  # the graphs torch.compile may make for one part; after one more, the part steps eagerly
+
+def _graph_count(): return torch._dynamo.utils.counters['stats']['unique_graphs']  # the graphs made in this process so far
+
+class _Chain:
+    "The compiled pass of one flat part: its plan for each set of names in the state, the tensors that carry hypers, the graphs made for it."
+    def __init__(self): self.fn, self.plans, self.inputs, self.held, self.vec, self.graphs = None, {}, {}, {}, None, 0
+    def value(self, k, v, device):
+        "Hyper `k` as a 0-d tensor on `device`, the same tensor from step to step, holding `v`."
+        t = self.inputs.get(k)
+        if t is None or t.device != device or t.dtype != _dtype(v): t = self.inputs[k] = torch.tensor(v, dtype=_dtype(v), device=device)
+        elif self.held.get(k) != v: t.fill_(v)
+        self.held[k] = v
+        return t
+    def pack(self, names, hyper, device):
+        "The hypers `names` as one float64 vector on `device`, the same from step to step, each number written only when it changed."
+        vals = [hyper[k] for k in names]
+        if self.vec is None or self.names != names or self.vec.device != device:
+            self.vec, self.names, self.vals = torch.tensor(vals, dtype=torch.float64, device=device), names, vals
+            self.slots = self.vec.unbind()
+        for t, v, was in zip(self.slots, vals, self.vals):
+            if v != was: t.fill_(v)
+        self.vals = vals
+        return self.vec
+
 def _compiled_step(opt, f, key, part, hyper):
-    "Step `part` as one compiled pass (compiled at its first use); False, doing nothing, while it warms up or when it cannot be compiled."
+    "Step `part` as one compiled pass (compiled at its first use); False, doing nothing, while its state is being made or when it cannot be compiled."
     c = f.chains.setdefault(key, _Chain())
+    sig = tuple(part.state), tuple(hyper), tuple(map(type, hyper.values()))
+    plan = c.plans.get(sig) or c.plans.setdefault(sig, _plan(opt.cbs, part, hyper))
+    if not plan.settled: return False
     kw = {**part.state, **hyper}
-    c.watch({k: v for k, v in kw.items() if _is_number(v)})
-    if c.steps <= _warmup: return False
-    varying, device, const, tensors = c.varying(), part.param.device, {}, {}
-    for k, v in kw.items():
+    if plan.why:
+        _stop_compiling(f, plan.why)
+        return False
+    device, const, tensors = part.param.device, {}, {}
+    for k in plan.order:
+        v = kw[k]
         if isinstance(v, torch.Tensor): tensors[k] = v
-        elif k not in varying or not _is_number(v): const[k] = v
+        elif k not in plan.inputs or not _is_number(v): const[k] = v
         elif k in hyper: tensors[k] = c.value(k, v, device)
         else: tensors[k] = part.state[k] = torch.tensor(v, dtype=_dtype(v), device=device)  # a state number: a tensor the pass returns anew
-    if c.fn is None: c.fn = torch.compile(_fresh(_chain), fullgraph=True, dynamic=False, options=_inductor)
-    try: new = c.fn(part.param, opt.cbs, const, tensors)
+    packed = plan.packed and c.pack(plan.packed, hyper, device)
+    if c.fn is None: c.fn = torch.compile(_fresh(_chain), fullgraph=True, options=_inductor)
+    graphs = _graph_count()
+    try: new = c.fn(part.param, opt.cbs, const, tensors, plan.packed, packed)
     except Exception as e:  # raised while tracing or compiling, before the pass ran
         _stop_compiling(f, _why(e, opt.cbs))
         _numbers_back(part)
         return False
+    c.graphs += _graph_count() - graphs
+    if c.graphs > _graphs:  # what the callbacks read keeps changing: compiling costs more than it saves
+        read = ", ".join(f"{n!r} in {cb}" for n, cb in plan.fixed.items()) or "what they read"
+        _stop_compiling(f, f"torch.compile made {c.graphs} graphs of this part's callbacks: they need numbers that keep changing as Python numbers "
+                           f"({read}), and each value compiles anew")
     for k, v in new.items():
         if isinstance(v, torch.Tensor) and not v.dim(): part.state[k] = v
         elif part.state.get(k) is not v: part.take(k, v)

@@ -80,6 +80,35 @@ def test_lookahead_and_a_checkpoint_between_compiled_and_eager():
         ws, opt = train(lambda ps: Adam(ps, 0.01, compile=before), steps=12, change=reload(after))
         assert max_diff(ws, eager) < 1e-6, (before, after, max_diff(ws, eager))
         ft.test_eq({s['step'] for s in opt.state_dict()['state'].values()}, {12})
+        if before == after: ft.test_eq(max_diff(ws, train(lambda ps: Adam(ps, 0.01, compile=before), steps=12)[0]), 0.)  # bit for bit
+
+
+def boosted_step(p, lr, boost, **kwargs):
+    "SGD whose step doubles while `boost` is over a half: a branch on a hyper, which compiles as a constant."
+    p.add_(p.grad, alpha=-lr * (2. if boost > 0.5 else 1.))
+
+def split_step(p, lr, n, **kwargs):
+    "SGD in `n` small steps: a loop over `range(n)`, which torch.compile unrolls for each value of `n`."
+    for _ in range(n): p.add_(p.grad, alpha=-lr / n)
+
+
+def test_a_hyper_a_callback_needs_as_a_number_is_a_constant_compiled_for_a_few_values_then_eager():
+    from exp_lib.all import Optimizer
+    def changing(i, opt):
+        for pg in opt.param_groups: pg['boost'], pg['n'] = 0.1 * i, 1 + i
+    for cb, warns in ((boosted_step, False), (split_step, True)):
+        make = lambda c: (lambda ps: Optimizer(ps, [cb], lr=0.01, boost=0., n=1, compile=c))
+        start = flat._graph_count()
+        (ws, opt), said = eager_said(lambda: train(make(True), steps=10, change=changing))
+        made = flat._graph_count() - start
+        ft.test_eq(len(said), int(warns))
+        if warns:  # one graph for each value until one too many; eager from there
+            assert "'n' in split_step" in said[0], said
+            ft.test_eq(made, flat._graphs + 1)
+        else: assert 1 < made <= flat._graphs, made  # a graph for each side of the branch, not one per value
+        ft.test_eq(opt._flat.chains[(0, 0)].graphs, made)
+        assert max_diff(ws, train(make(False), steps=10, change=changing)[0]) < 1e-6
+
 
 def test_state_edited_through_opt_state_reaches_the_compiled_pass():
     def edit(i, opt):

@@ -187,7 +187,7 @@ def test_a_learner_exported_on_the_gpu_predicts_where_there_is_none(tmp_path):
     there, here = torch.load(tmp_path/'probs.pt', weights_only=True), torch.stack([learn.predict(x)[2] for x in xs])
     assert torch.allclose(there, here, rtol=0, atol=1e-5), (there - here).abs().max()
 
-@pytest.mark.parametrize('flat', [True, False])
+@pytest.mark.parametrize('flat', [True, False, 'compiled'])
 @pytest.mark.parametrize('ours, theirs', [
     (lambda g: Adam(g, 0.01, wd=0.01), lambda g: torch.optim.AdamW(g, 0.01, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)),
     (lambda g: SGD(g, 0.1, mom=0.9), lambda g: torch.optim.SGD(g, 0.1, momentum=0.9)),
@@ -198,7 +198,7 @@ def test_optimizers_match_torch_optim_on_the_gpu(ours, theirs, flat):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 5)).cuda()
         opt = make([{'params': list(model[0].parameters()), 'lr': 0.01}, {'params': list(model[2].parameters()), 'lr': 0.003}])
-        if hasattr(opt, 'flat'): opt.flat = flat
+        if hasattr(opt, 'flat'): opt.flat, opt.compile = bool(flat), (flat == 'compiled') or None  # compiled: every part, however small
         g = torch.Generator('cuda').manual_seed(1)
         for _ in range(30):
             nn.functional.cross_entropy(model(torch.randn(16, 20, device='cuda', generator=g)), torch.randint(0, 5, (16,), device='cuda', generator=g)).backward()
@@ -209,6 +209,25 @@ def test_optimizers_match_torch_optim_on_the_gpu(ours, theirs, flat):
     start = [p.detach() for p in nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 5)).parameters()]
     assert max(float((x - y).abs().max()) for x, y in zip(a, b)) <= 1e-6
     assert max(float((x.cpu() - y).abs().max()) for x, y in zip(a, start)) > 1e-3, 'the weights moved'
+
+def test_a_compiled_optimizer_resumed_on_the_gpu_is_the_run_that_never_stopped():
+    "Adam compiled for every part, its state saved at step 7 and loaded into a new compiled optimizer: the same weights, bit for bit."
+    import copy
+    def run(resume_at=None):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 5)).cuda()
+        opt = Adam(model.parameters(), 0.01, wd=0.01, compile=True)
+        g = torch.Generator('cuda').manual_seed(1)
+        for i in range(15):
+            for pg in opt.param_groups: pg['lr'] = 0.01 * (1 + i % 3)
+            nn.functional.cross_entropy(model(torch.randn(16, 20, device='cuda', generator=g)), torch.randint(0, 5, (16,), device='cuda', generator=g)).backward()
+            opt.step(); opt.zero_grad()
+            if i == resume_at:
+                sd = copy.deepcopy(opt.state_dict())
+                opt = Adam(model.parameters(), 0.01, wd=0.01, compile=True); opt.load_state_dict(sd)
+        assert opt._flat.chains and all(c.fn is not None for c in opt._flat.chains.values()), 'compiled'
+        return weights(type('L', (), {'model': model}))
+    assert same(run(), run(resume_at=7))
 
 def test_an_lstm_keeps_its_weights_in_cudnns_buffer():
     "Moved out of cuDNN's buffer by flat optimizer buffers, an LSTM's weights made PyTorch warn and copy them back at every call."
