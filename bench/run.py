@@ -32,13 +32,14 @@ def task(n=20_000, bs=64):
     g = torch.Generator().manual_seed(0)
     return torch.randn(n, 784, generator=g), torch.randint(0, 10, (n,), generator=g), bs
 
-def epoch_rows(reps, device='cpu', where='cpu'):
-    """One epoch of Learner.fit (device, TrainEval, Recorder, AvgStats(accuracy); no progress) vs a hand-written loop, on `device` with the
-    data in `where`'s memory. Both train on 20k items and then validate on 5k, averaging loss and accuracy weighted by batch size. The
+def epoch_fns(device='cpu', where='cpu', n=20_000):
+    """One epoch of Learner.fit (device, TrainEval, Recorder, AvgStats(accuracy); no progress) and of a hand-written loop, on `device` with the
+    data in `where`'s memory: `n` items to train on, then `n // 4` to validate, averaging loss and accuracy weighted by batch size. The
     hand-written loop gathers its batches as a user would (`x[idx]`, then `.to(device)`), and, to show the Learner's own cost, as exp_lib's
-    DataLoader does (index_select)."""
+    DataLoader does (index_select). Returns the three functions: the Learner's (its last epoch's stats), the loop's and the index_select loop's
+    (validation loss and accuracy)."""
     dev = torch.device(device)
-    (x, y, bs), (xv, yv, _) = task(), task(5_000)
+    (x, y, bs), (xv, yv, _) = task(n), task(n // 4)
     x, y, xv, yv = (t.to(where) for t in (x, y, xv, yv))
     def handwritten(gather=lambda t, idx: t[idx]):
         torch.manual_seed(0)
@@ -65,7 +66,12 @@ def epoch_rows(reps, device='cpu', where='cpu'):
         learn.fit(1)
         assert [type(cb).__name__ for cb in learn.cbs] == ['MoveToDevice', 'TrainEvalCallback', 'AvgStatsCallback', 'Recorder']
         return learn.avg_stats.history[-1]
-    same_gather = partial(handwritten, gather=lambda t, idx: t.index_select(0, idx))
+    return learner, handwritten, partial(handwritten, gather=lambda t, idx: t.index_select(0, idx))
+
+def epoch_rows(reps, device='cpu', where='cpu'):
+    "The Learner's epoch against the hand-written loops' (`epoch_fns`), once each results are checked equal."
+    dev = torch.device(device)
+    learner, handwritten, same_gather = epoch_fns(device, where)
     row, (vloss, vacc) = learner(), handwritten()
     tol = (1e-5, 1e-6) if dev.type == 'cpu' else (1e-4, 1e-3)  # the GPU's kernels round otherwise than the CPU's
     assert abs(row['valid_loss'] - vloss) < tol[0] and abs(row['accuracy'] - vacc) < tol[1], (row, vloss, vacc)
@@ -73,6 +79,50 @@ def epoch_rows(reps, device='cpu', where='cpu'):
     name = 'Learner.fit, 1 epoch MLP (20k+5k, bs 64)' + ('' if dev.type == 'cpu' else f', on the GPU, data in {where} memory')
     return [(name, ours, 'hand-written loop, x[idx]', base, 1.05, 'max', r_base),
             (name, ours, 'the same, gathering with index_select', same, None, 'max', r_same)]
+
+def where_the_time_goes(reps, device='cpu', where='cpu', top=12):
+    """Printed, not a row: where the Learner's epoch spends the time the hand-written loop does not (`epoch_fns`). Its extra cost split into
+    a part per batch and a part per fit (epochs of 20k and 5k items, interleaved); the operations each launches per training batch (GPU
+    kernels and copies on CUDA, top-level torch operations on the CPU; torch.profiler); the calls that make the CPU wait for the GPU in
+    one fit (torch.cuda.set_sync_debug_mode); and the Learner's Python functions that take longest in one epoch (cProfile)."""
+    import cProfile, io, pstats, warnings
+    from torch.profiler import profile, ProfilerActivity
+    dev, bs = torch.device(device), task(1)[2]
+    say = lambda s: print(f'  {s}')
+    print(f'Where the Learner spends its time beyond a hand-written loop ({dev.type}, data in {where} memory):')
+    fns = {n: epoch_fns(device, where, n)[:2] for n in (20_000, 5_000)}
+    times = {n: interleaved(list(f), reps)[0] for n, f in fns.items()}
+    batches = {n: -(-n // bs) + -(-(n // 4) // (2 * bs)) for n in fns}
+    extra = {n: t[0] - t[1] for n, t in times.items()}
+    per_batch = (extra[20_000] - extra[5_000]) / (batches[20_000] - batches[5_000])
+    say(f'{per_batch * 1e6:.1f} us per batch and {(extra[5_000] - per_batch * batches[5_000]) * 1e3:.1f} ms per fit more than the loop '
+        f'({times[20_000][1] / batches[20_000] * 1e6:.0f} us per batch for the loop)')
+    cuda = dev.type == 'cuda'
+    acts = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda
+    kind = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
+    counts = {}
+    for name, fn in zip(('Learner', 'hand loop'), fns[5_000]):
+        with profile(activities=acts) as prof: fn()
+        evs = prof.events()
+        counts[name] = sum(1 for e in evs if e.device_type == kind and (cuda or (e.cpu_parent is None and e.name.startswith('aten::'))))
+        if cuda:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter('always')
+                torch.cuda.set_sync_debug_mode('warn')
+                try: fn()
+                finally: torch.cuda.set_sync_debug_mode('default')
+            say(f'{name}: {len(caught)} calls made the CPU wait for the GPU in one fit of {batches[5_000]} batches')
+    what = 'GPU kernels and copies' if cuda else 'top-level torch operations'
+    say(f'{what} per batch: Learner {counts["Learner"] / batches[5_000]:.2f}, hand loop {counts["hand loop"] / batches[5_000]:.2f}')
+    pr = cProfile.Profile()
+    pr.runcall(fns[20_000][0])
+    out = io.StringIO()
+    pstats.Stats(pr, stream=out).sort_stats('tottime').print_stats(top)
+    say('the Learner\'s epoch by Python function, most time first (cProfile; tottime is time in the function itself):')
+    lines = out.getvalue().splitlines()
+    start = next(i for i, l in enumerate(lines) if l.lstrip().startswith('ncalls'))
+    for l in lines[start:start + top + 1]: say(l)
+    print()
 
 def bench_fit(reps):
     "1. One epoch of Learner.fit on the CPU against a hand-written loop (`epoch_rows`)."
@@ -290,13 +340,17 @@ def bench_ddp(reps):
 
 def bench_gpu(reps):
     """6. On a CUDA GPU: one epoch of the Learner against a hand-written loop, with the data in CPU memory (the Learner pins it; the loop
-    copies its batches with .to(device), as most loops do) and on the GPU; optimizer steps against torch's fused AdamW and SGD and against
-    the memory floor (160 tensors of 45k, 2.6M and 42M parameters in all, 80 of 168M); syncs per batch, counting conversions of GPU tensors only (torch.optim's AdamW keeps its
-    step counts on the CPU: those make nobody wait)."""
+    copies its batches with .to(device), as most loops do) and on the GPU, and where the Learner's extra time goes (`where_the_time_goes`);
+    optimizer steps against torch's fused AdamW and SGD and against the memory floor (160 tensors of 45k, 2.6M and 42M parameters in all,
+    80 of 168M); syncs per batch, counting conversions of GPU tensors only (torch.optim's AdamW keeps its step counts on the CPU: those
+    make nobody wait)."""
     if not torch.cuda.is_available():
         print("no CUDA GPU here: no GPU rows", file=sys.stderr)
         return []
     rows = epoch_rows(reps, 'cuda', 'cpu') + epoch_rows(reps, 'cuda', 'cuda')
+    for where in ('cpu', 'cuda'):  # the Learner's epoch misses its target on the H200 (1.11-1.14): say where the time goes
+        try: where_the_time_goes(reps, 'cuda', where)
+        except Exception as e: print(f'  (could not say where the time goes: {e!r:.300})\n')
     adamw = lambda ps: optim.AdamW(ps, 1e-3, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01, fused=True)
     cases = [('Adam', lambda ps: Adam(ps, 1e-3, wd=0.01), 'AdamW(fused=True)', adamw, 28),
              ('SGD momentum', lambda ps: SGD(ps, 1e-2, mom=0.9), 'SGD(fused=True)', lambda ps: optim.SGD(ps, 1e-2, momentum=0.9, fused=True), 20)]

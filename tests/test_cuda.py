@@ -112,6 +112,39 @@ def test_data_on_the_gpu_is_indexed_there_and_trains_as_data_on_the_cpu():
     interp = ClassificationInterpretation.from_learner(on_gpu)
     assert int(interp.confusion_matrix().sum()) == 500
 
+class NoWaits(Callback):
+    """From a fit's third training batch on, a CUDA call that makes the CPU wait for the GPU raises, from the start of each batch (before any
+    other callback's `before_batch`) to `NoWaitsEnd`: the first two build what the fit keeps (flat buffers, the probe of the callbacks)."""
+    order = -1000
+    def before_fit(self): self.seen = 0
+    def before_batch(self):
+        if not self.learn.training: return
+        self.seen += 1
+        if self.seen > 2: torch.cuda.set_sync_debug_mode('error')
+
+class NoWaitsEnd(Callback):
+    "Ends `NoWaits`' check after every other callback's `after_batch`."
+    order = 1000
+    def after_batch(self): torch.cuda.set_sync_debug_mode('default')
+
+@pytest.mark.parametrize('where', ['cuda', 'cpu'])
+@pytest.mark.parametrize('opt_func', [None, partial(SGD, mom=0.9), Adam], ids=['torch SGD', 'exp_lib SGD', 'exp_lib Adam'])
+def test_no_training_batch_makes_the_cpu_wait_for_the_gpu(where, opt_func):
+    """What SyncCounter cannot see (a copy to the CPU, a sort, a mask) either: torch.cuda.set_sync_debug_mode raises at any synchronizing
+    call, in the batches (the model, the loss, the optimizer, the callbacks) and in the loader between them (pinned CPU batches too)."""
+    torch.manual_seed(0)
+    learn = Learner(mlp(), data(where), opt_func=opt_func, metrics=[accuracy], cbs=[NoWaits(), NoWaitsEnd()], logger=lambda r: None)  # bars on
+    try:
+        learn.fit(2)
+        dl = learn.data.train_dl
+        dl.pin_memory = where == 'cpu'
+        it = iter(dl)
+        next(it)  # an epoch's indices go to the data's device in one copy, before its first batch
+        torch.cuda.set_sync_debug_mode('error')
+        moved = [t.to('cuda', non_blocking=True) for b in it for t in b]
+    finally: torch.cuda.set_sync_debug_mode('default')
+    assert learn.avg_stats.history[-1]['accuracy'] > 0.7 and len(moved) == 2 * (len(dl) - 1)
+
 def test_a_torch_dataloader_of_gpu_tensors_trains():
     x, y, xv, yv = get_mnist()
     tds = lambda a, b: torch.utils.data.TensorDataset(a.cuda(), b.cuda())
