@@ -348,8 +348,9 @@ def bench_gpu(reps):
         print("no CUDA GPU here: no GPU rows", file=sys.stderr)
         return []
     rows = epoch_rows(reps, 'cuda', 'cpu') + epoch_rows(reps, 'cuda', 'cuda')
-    for where in ('cpu', 'cuda'):  # the Learner's epoch misses its target on the H200 (1.11-1.14): say where the time goes
-        try: where_the_time_goes(reps, 'cuda', where)
+    # the Learner's epoch misses its target on the H200 (1.11-1.14): say where the time goes, and on this machine's CPU beside it
+    for device, where in (('cuda', 'cpu'), ('cuda', 'cuda'), ('cpu', 'cpu')):
+        try: where_the_time_goes(reps, device, where)
         except Exception as e: print(f'  (could not say where the time goes: {e!r:.300})\n')
     adamw = lambda ps: optim.AdamW(ps, 1e-3, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01, fused=True)
     cases = [('Adam', lambda ps: Adam(ps, 1e-3, wd=0.01), 'AdamW(fused=True)', adamw, 28),
