@@ -202,10 +202,11 @@ def bench_opt(reps):
     no way of running it removes.
     Issue 28 (one compiled pass per group, the default from 2**20 numbers a part): on one thread, Adam, SGD-momentum and RMSProp at 2.6M
     in 160 and in 6 tensors at most 1.0 of torch's fused step (foreach for RMSProp), and a user's Adam callbacks at most 1.2 of the
-    shipped Adam there too; the first compiled step's seconds are reported (a cold cache compiles for longer)."""
+    shipped Adam there too; the first compiled step's seconds are reported (a cold cache compiles for longer). And what one call of a
+    compiled step costs beside a fused op's, warm and with the caches cold (`call_rows`)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try: return opt_rows(reps)
+    try: return opt_rows(reps) + call_rows(reps)
     finally: torch.set_num_threads(threads)
 
 def opt_rows(reps):
@@ -253,6 +254,30 @@ def opt_rows(reps):
             times, ratios = interleaved([ours] + [stepper(m)[0] for _, m, _, _ in baselines], 3 * reps if small else reps)  # small: cheap, noisy
             for (bname, _, small_target, large_target), t, r in zip(baselines, times[1:], ratios[1:]):
                 rows.append((f'{name} step ({size})', times[0] / steps, bname, t / steps, small_target if small else large_target, 'max', r))
+    return rows
+
+def call_rows(reps):
+    """What calling a compiled step costs beside a fused op, on tiny tensors (the call, not the work): warm, and right after streaming 52 MB
+    (what an SGD-momentum step over 2.6M parameters reads and writes), which leaves the caches cold for the Python of the call. README's
+    account of the 6-tensor 2.6M rows."""
+    p, g, m = (torch.randn(64) for _ in range(3))
+    lr, mom = torch.tensor(0.01), torch.tensor(0.9)
+    def sgd_momentum(p, g, m, lr, mom): m.mul_(mom).add_(g); p.add_(m * -lr)
+    compiled = torch.compile(sgd_momentum, fullgraph=True, dynamic=False)
+    calls = (lambda: compiled(p, g, m, lr, mom),
+             lambda: torch._fused_sgd_([p], [g], [m], weight_decay=0., momentum=0.9, lr=0.01, dampening=0., nesterov=False, maximize=False,
+                                       is_first_step=False))
+    junk, rows = torch.ones(2_624_000 * 5), []
+    for f in calls: f()
+    for name, flush in (('warm', False), ('after 52 MB streamed', True)):
+        times = [[], []]
+        for _ in range(10 * reps):
+            for t, f in zip(times, calls):
+                if flush: junk.mul_(1.)
+                else: f()
+                start = time.perf_counter(); f(); t.append(time.perf_counter() - start)
+        rows.append((f'one call of a torch.compiled SGD-momentum step, tiny tensors, {name}', statistics.median(times[0]),
+                     'torch._fused_sgd_ op, the same', statistics.median(times[1]), None, 'max'))
     return rows
 
 def bench_loader(reps):
