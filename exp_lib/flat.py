@@ -467,9 +467,41 @@ _graphs = 4  # the graphs torch.compile may make for one part; after one more, t
 
 def _graph_count(): return torch._dynamo.utils.counters['stats']['unique_graphs']  # the graphs made in this process so far
 
+try: from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+except ImportError: _debug_get_cache_entry_list = None
+
+def _made_of(fn):
+    """What torch.compile has made of `fn`, graph by graph: the check of its guards, and as a function the code it runs when they pass (the
+    graph's call, the Python side effects it replays, the result built). Empty where this torch does not show them."""
+    try: return [(e.guard_manager.check, types.FunctionType(e.code, fn.__globals__, fn.__name__)) for e in _debug_get_cache_entry_list(fn.__code__)]
+    except Exception: return []
+
+def _runs_compiled():
+    "Whether torch.compile runs what it made (`torch.compiler.set_stance` left at its default): else a call goes through it, to do as it says."
+    return getattr(getattr(torch._dynamo.eval_frame, '_stance', None), 'stance', None) == 'default'
+
 class _Chain:
     "The compiled pass of one flat part: its plan for each set of names in the state, the tensors that carry hypers, the graphs made for it."
-    def __init__(self): self.fn, self.plans, self.inputs, self.held, self.vec, self.graphs = None, {}, {}, {}, None, 0
+    def __init__(self):
+        self.fn, self.plans, self.inputs, self.held, self.vec, self.graphs = None, {}, {}, {}, None, 0
+        self.made, self.direct = [], True
+    def compile(self):
+        "Compile a copy of `_chain` of this part's own (at its first compiled step)."
+        self.raw = _fresh(_chain)
+        self.fn, self.args = torch.compile(self.raw, fullgraph=True, options=_inductor), self.raw.__code__.co_varnames[:self.raw.__code__.co_argcount]
+    def __call__(self, *args):
+        """The compiled pass on `args`, as `torch.compile` runs it but for the way in: the code it made for them, called here when its guards pass,
+        else the call through `torch.compile` (which checks them again, and compiles anew if none passes)."""
+        if self.direct and self.made and _runs_compiled():
+            local = dict(zip(self.args, args))
+            try: run = next((run for check, run in self.made if check(local)), None)
+            except Exception: run, self.direct = None, False  # a torch whose guards want other arguments: its own call from now on
+            if run is not None: return run(*args)
+        graphs = _graph_count()
+        res = self.fn(*args)
+        self.graphs += _graph_count() - graphs
+        self.made = _made_of(self.raw)
+        return res
     def value(self, k, v, device):
         "Hyper `k` as a 0-d tensor on `device`, the same tensor from step to step, holding `v`."
         t = self.inputs.get(k)
@@ -490,7 +522,7 @@ class _Chain:
 
 def _compiled_step(opt, f, key, part, hyper):
     "Step `part` as one compiled pass (compiled at its first use); False, doing nothing, while its state is being made or when it cannot be compiled."
-    c = f.chains.setdefault(key, _Chain())
+    c = f.chains.get(key) or f.chains.setdefault(key, _Chain())
     sig = tuple(part.state), tuple(hyper), tuple(map(type, hyper.values()))
     plan = c.plans.get(sig) or c.plans.setdefault(sig, _plan(opt.cbs, part, hyper))
     if not plan.settled: return False
@@ -506,14 +538,12 @@ def _compiled_step(opt, f, key, part, hyper):
         elif k in hyper: tensors[k] = c.value(k, v, device)
         else: tensors[k] = part.state[k] = torch.tensor(v, dtype=_dtype(v), device=device)  # a state number: a tensor the pass returns anew
     packed = plan.packed and c.pack(plan.packed, hyper, device)
-    if c.fn is None: c.fn = torch.compile(_fresh(_chain), fullgraph=True, options=_inductor)
-    graphs = _graph_count()
-    try: new = c.fn(part.param, opt.cbs, const, tensors, plan.packed, packed)
+    if c.fn is None: c.compile()
+    try: new = c(part.param, opt.cbs, const, tensors, plan.packed, packed)
     except Exception as e:  # raised while tracing or compiling, before the pass ran
         _stop_compiling(f, _why(e, opt.cbs))
         _numbers_back(part)
         return False
-    c.graphs += _graph_count() - graphs
     if c.graphs > _graphs:  # what the callbacks read keeps changing: compiling costs more than it saves
         read = ", ".join(f"{n!r} in {cb}" for n, cb in plan.fixed.items()) or "what they read"
         _stop_compiling(f, f"torch.compile made {c.graphs} graphs of this part's callbacks: they need numbers that keep changing as Python numbers "

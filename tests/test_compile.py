@@ -118,3 +118,49 @@ def test_state_edited_through_opt_state_reaches_the_compiled_pass():
     b = train(lambda ps: Adam(ps, 0.01, compile=False), change=edit)[0]
     assert max_diff(a, b) < 1e-6
     assert max_diff(a, train(lambda ps: Adam(ps, 0.01, compile=False))[0]) > 1e-5  # the edit did something
+
+def test_a_callback_s_python_side_effect_happens_at_every_step_compiled():
+    "A compiled step runs the code torch.compile made for the part, side effects and all: none is skipped by the call straight into it."
+    from exp_lib.all import Optimizer
+    class Box: p = None
+    box = Box()
+    def noting_sgd(p, lr, **kwargs):
+        box.p = p  # a Python side effect, which dynamo's code replays after the graph
+        p.add_(p.grad, alpha=-lr)
+    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 4))
+    res = {}
+    for compile in (True, False):
+        seen = []
+        def look(i, opt):
+            seen.append(box.p is opt._flat.parts[0][0].param)
+            box.p = None
+        res[compile] = train(lambda ps: Optimizer(ps, [noting_sgd], lr=0.01, compile=compile), steps=8, model=copy.deepcopy(model), change=look)
+        ft.test_eq(seen, [True] * 8)
+    (c,) = res[True][1]._flat.chains.values()
+    ft.test_eq((c.graphs, c.direct, len(c.made)), (1, True, 1))  # one graph, called straight into from the second step
+    assert max_diff(res[True][0], res[False][0]) < 1e-6
+
+def test_a_stance_set_on_torch_compile_is_obeyed():
+    "`torch.compiler.set_stance('force_eager')` makes torch.compile run the Python: the compiled step then goes through it, not straight in."
+    _, opt = train(lambda ps: Adam(ps, 0.01, compile=True), steps=4)
+    (c,) = opt._flat.chains.values()
+    assert c.made, "nothing to call straight into"
+    calls = []
+    fn = c.fn
+    c.fn = lambda *a: calls.append(1) or fn(*a)
+    opt.step()
+    ft.test_eq(calls, [])
+    torch.compiler.set_stance('force_eager')
+    try: opt.step()
+    finally: torch.compiler.set_stance('default')
+    ft.test_eq(calls, [1])
+
+def test_guards_this_torch_cannot_check_send_the_step_through_torch_compile():
+    "A guard check that raises (a torch whose guards want other arguments) sends every later step through torch.compile, with the same numbers."
+    def break_checks(i, opt):
+        if i == 3:
+            for c in opt._flat.chains.values(): c.made = [(lambda local: 1 / 0, run) for _, run in c.made]
+    ws, opt = train(lambda ps: Adam(ps, 0.01, compile=True), change=break_checks)
+    assert opt._flat.chains and not any(c.direct for c in opt._flat.chains.values())
+    assert max_diff(ws, train(lambda ps: Adam(ps, 0.01, compile=False))[0]) < 1e-6
+    ft.test_eq(flat._made_of(lambda: None), [])  # a function torch.compile made nothing of
