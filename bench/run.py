@@ -125,9 +125,36 @@ def where_the_time_goes(reps, device='cpu', where='cpu', top=12):
     for l in lines[start:start + top + 1]: say(l)
     print()
 
+def python_bound_rows(reps, n=20_000, bs=64):
+    """One epoch of a 10-4-2 model, whose batches cost almost nothing to compute: the Learner (its default callbacks, no metric) against the
+    same loop by hand over the same DataLoader, on one thread. Python sets the pace there, as it does for the lesson's MLP on a GPU (kernels
+    queued far faster than the CPU can launch them), so this row shows on any CPU the per-batch cost of the callbacks that a GPU exposes."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 10, generator=g), torch.randint(0, 2, (n,), generator=g)
+    def parts():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(10, 4), nn.ReLU(), nn.Linear(4, 2)), DataBunch(DataLoader(Dataset(x, y), bs, shuffle=True), None)
+    def learner():
+        model, data = parts()
+        Learner(model, data, opt_func=optim.SGD, lr=0.1, progress=False, logger=lambda row: None).fit(1)
+    def handwritten():
+        model, data = parts()
+        opt = optim.SGD(model.parameters(), lr=0.1)
+        model.train()
+        for xb, yb in data.train_dl:
+            F.cross_entropy(model(xb), yb).backward(); opt.step(); opt.zero_grad()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try: (ours, base), (_, ratio) = interleaved([learner, handwritten], reps)
+    finally: torch.set_num_threads(threads)
+    batches = -(-n // bs)
+    return [('Learner.fit, 1 epoch of a 10-4-2 model (Python-bound, as the MLP on a GPU), per batch', ours / batches,
+             'the same loop by hand, same DataLoader', base / batches, None, 'max', ratio)]
+
 def bench_fit(reps):
-    "1. One epoch of Learner.fit on the CPU against a hand-written loop (`epoch_rows`)."
-    return epoch_rows(2 * reps)
+    """1. One epoch of Learner.fit on the CPU against a hand-written loop (`epoch_rows`); and where Python sets the pace, as on a GPU
+    (`python_bound_rows`)."""
+    return epoch_rows(2 * reps) + python_bound_rows(reps)
 
 def layer_params(width, n=40, device='cpu'):
     "160 tensors: n layers Linear(width, width) + BatchNorm1d(width), with gradients (width 32: 45k parameters; 256: 2.6M; 1024: 42M)."
