@@ -259,6 +259,7 @@ def test_a_compiled_optimizer_resumed_on_the_gpu_is_the_run_that_never_stopped()
                 sd = copy.deepcopy(opt.state_dict())
                 opt = Adam(model.parameters(), 0.01, wd=0.01, compile=True); opt.load_state_dict(sd)
         assert opt._flat.chains and all(c.fn is not None for c in opt._flat.chains.values()), 'compiled'
+        assert all(c.direct and c.made for c in opt._flat.chains.values()), 'stepping straight into the code torch.compile made, as on the CPU'
         return weights(type('L', (), {'model': model}))
     assert same(run(), run(resume_at=7))
 
