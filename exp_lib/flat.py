@@ -500,7 +500,7 @@ class _Chain:
         graphs = _graph_count()
         res = self.fn(*args)
         self.graphs += _graph_count() - graphs
-        self.made = _made_of(self.raw)
+        if self.direct: self.made = _made_of(self.raw)
         return res
     def value(self, k, v, device):
         "Hyper `k` as a 0-d tensor on `device`, the same tensor from step to step, holding `v`."
