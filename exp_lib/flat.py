@@ -485,9 +485,9 @@ class _Chain:
     def __init__(self):
         self.fn, self.plans, self.inputs, self.held, self.vec, self.graphs = None, {}, {}, {}, None, 0
         self.made, self.direct = [], True
-    def compile(self):
-        "Compile a copy of `_chain` of this part's own (at its first compiled step)."
-        self.raw = _fresh(_chain)
+    def compile(self, fn=_chain):
+        "Compile a copy of `fn` (`_chain`, at a part's first compiled step) of this part's own; `bench/run.py` times a call through it."
+        self.raw = _fresh(fn)
         self.fn, self.args = torch.compile(self.raw, fullgraph=True, options=_inductor), self.raw.__code__.co_varnames[:self.raw.__code__.co_argcount]
     def __call__(self, *args):
         """The compiled pass on `args`, as `torch.compile` runs it but for the way in: the code it made for them, called here when its guards pass,
