@@ -55,7 +55,7 @@ bench: $(STAMP)
 # The GPU test run, on a machine with a CUDA GPU and no network: every notebook and tests/ with that machine's own Python and torch
 # (GPU_PYTHON, default python3), the packages it lacks installed from the wheels in .whl/ (see .ci/test-gpu).
 test-gpu:
-	GPU_PYTHON=$(GPU_PYTHON) .ci/test-gpu
+	GPU_PYTHON=$(GPU_PYTHON) GPU_REHEARSAL=$(GPU_REHEARSAL) .ci/test-gpu
 
 # On a machine that reaches PyPI: the wheels test-gpu needs, for a GPU machine's CPython $(GPU_PY_VERSION) on x86-64 Linux, into .whl/.
 GPU_PYTHON ?= python3
