@@ -128,12 +128,13 @@ class NoWaitsEnd(Callback):
     def after_batch(self): torch.cuda.set_sync_debug_mode('default')
 
 @pytest.mark.parametrize('where', ['cuda', 'cpu'])
-@pytest.mark.parametrize('opt_func', [None, partial(SGD, mom=0.9), Adam], ids=['torch SGD', 'exp_lib SGD', 'exp_lib Adam'])
-def test_no_training_batch_makes_the_cpu_wait_for_the_gpu(where, opt_func):
+@pytest.mark.parametrize('opt_func, lr', [(torch.optim.SGD, 0.1), (partial(SGD, mom=0.9), 1e-2), (Adam, 1e-3)],
+                         ids=['torch SGD', 'exp_lib SGD', 'exp_lib Adam'])
+def test_no_training_batch_makes_the_cpu_wait_for_the_gpu(where, opt_func, lr):
     """What SyncCounter cannot see (a copy to the CPU, a sort, a mask) either: torch.cuda.set_sync_debug_mode raises at any synchronizing
     call, in the batches (the model, the loss, the optimizer, the callbacks) and in the loader between them (pinned CPU batches too)."""
     torch.manual_seed(0)
-    learn = Learner(mlp(), data(where), opt_func=opt_func, metrics=[accuracy], cbs=[NoWaits(), NoWaitsEnd()], logger=lambda r: None)  # bars on
+    learn = Learner(mlp(), data(where), opt_func=opt_func, lr=lr, metrics=[accuracy], cbs=[NoWaits(), NoWaitsEnd()], logger=lambda r: None)  # bars on
     try:
         learn.fit(2)
         dl = learn.data.train_dl
