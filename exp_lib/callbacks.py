@@ -245,7 +245,7 @@ def _do_one_batch(self:Learner):
     self('after_pred')
     if self.yb:
         self.loss_grad = self._first_loss() if self._loss_unchecked else self._loss()
-        self.loss = self.loss_grad.detach().clone()
+        self.loss = self.loss_grad.detach().clone() if self._copy_loss else self.loss_grad.detach()
     self('after_loss')
     if not self.training or not self.yb: return
     if self._bare_step: self._backward(); self._step()
@@ -385,6 +385,7 @@ def _set_cbs(self:Learner, cbs):
     cbs = sort_by_run(cbs)
     self._handlers = {e: tuple(getattr(cb, e) for cb in cbs if e in vars(cb) or hasattr(type(cb), e)) for e in _events}
     self._bare_step = not any(self._handlers[e] for p in ('backward', 'step') for e in _part_events[p])
+    self._copy_loss = bool(self._handlers['after_loss']) or not self._bare_step  # who could change loss_grad in place before it is recorded
     self.cbs = cbs
 
 def _cb_list(cbs):

@@ -1,10 +1,12 @@
 """Hardening checks of the Learner (04_callbacks) that guard against mistakes rather than teach: models and batches of unusual shapes,
 bad input explained before anything trains, fastai habits that must do what they do there, errors that name the problem and the fix."""
+import collections
 from functools import partial
 import pytest, torch
 import torch.nn.functional as F
 import torch.utils.data as tud
 from torch import nn, optim
+from torch.utils._python_dispatch import TorchDispatchMode
 import fastcore.test as ft  # under its module's name: pytest would collect test_eq itself as a test
 from exp_lib.all import Learner, DataBunch, DataLoader, Dataset, Callback, accuracy
 
@@ -138,3 +140,32 @@ def test_errors_name_the_problem_and_the_fix():
     ft.test_fail(lambda: Learner(nn.Linear(3, 2), ds), contains='got a Dataset: write Learner(model, DataBunch(*get_dls(train_ds, valid_ds, bs=64)))')
     ft.test_fail(lambda: Learner(nn.Linear(3, 2), data, metrics=['accuracy']),
               contains="A metric is a function metric(pred, *yb) (such as accuracy, imported from exp_lib) or a Metric; got 'accuracy' (a str)")
+
+class Computes(TorchDispatchMode):
+    "Counts the operations that compute something (a kernel each, on a GPU), leaving out views and detaches, which only alias their input."
+    def __init__(self): super().__init__(); self.n = collections.Counter()
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not any(r.alias_info is not None for r in func._schema.returns): self.n[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+def test_a_training_batch_computes_what_a_hand_written_loop_computes():
+    "With its default callbacks (and torch's SGD), a training batch of the Learner launches no operation a hand-written loop does not."
+    x, y = torch.randn(640, 10), torch.randint(0, 2, (640,))
+    def parts(n):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(10, 4), nn.ReLU(), nn.Linear(4, 2)), DataLoader(Dataset(x[:n], y[:n]), 64, shuffle=True)
+    def learner(n):
+        model, dl = parts(n)
+        learn = Learner(model, DataBunch(dl, None), opt_func=optim.SGD, lr=0.1, **QUIET)
+        with Computes() as c: learn.fit(1)
+        return c.n
+    def by_hand(n):
+        model, dl = parts(n)
+        opt = optim.SGD(model.parameters(), lr=0.1)
+        with Computes() as c:
+            for xb, yb in dl: F.cross_entropy(model(xb), yb).backward(); opt.step(); opt.zero_grad()
+        return c.n
+    per_batch = lambda count: dict(count(640) - count(320))  # 5 batches more: what a fit does once cancels out
+    ours, theirs = per_batch(learner), per_batch(by_hand)
+    assert ours == theirs, (ours, theirs)
+    assert theirs['aten.addmm.default'] == 10, theirs  # it counts: two layers, five batches
