@@ -237,6 +237,13 @@ def bench_opt(reps):
     try: return opt_rows(reps) + call_rows(reps)
     finally: torch.set_num_threads(threads)
 
+def compile_seconds(opt, sync=lambda: None):
+    "The longest of an optimizer's first three steps, in seconds: a part compiles at its first step with its state made (Adam's second)."
+    first = 0.
+    for _ in range(3):
+        start = time.perf_counter(); opt.step(); sync(); first = max(first, time.perf_counter() - start)
+    return first
+
 def opt_rows(reps):
     adamw = lambda **kw: lambda ps: optim.AdamW(ps, 1e-3, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01, **kw)
     adam = lambda ps: Adam(ps, 1e-3, wd=0.01)
@@ -273,9 +280,7 @@ def opt_rows(reps):
                     for _ in range(steps): opt.step()
                 return run, opt
             ours, opt = stepper(ours_make)
-            first = 0.
-            for _ in range(3):  # a part compiles at its first step with its state made (Adam's second)
-                start = time.perf_counter(); opt.step(); first = max(first, time.perf_counter() - start)
+            first = compile_seconds(opt)
             ours()
             assert flat_parts(opt) and not opt.per_tensor_cbs, f"{name}: the flat path is not in use"
             if opt._flat.chains: rows.append((f'{name}: the step that compiles ({size}), seconds', first, 'report', None, None, 'seconds'))
@@ -409,8 +414,8 @@ def bench_gpu(reps):
     make nobody wait)."""
     if not torch.cuda.is_available():
         print("no CUDA GPU here: no GPU rows", file=sys.stderr)
-        return []
-    rows = epoch_rows(reps, 'cuda', 'cpu') + epoch_rows(reps, 'cuda', 'cuda')
+        return
+    yield from epoch_rows(reps, 'cuda', 'cpu') + epoch_rows(reps, 'cuda', 'cuda')
     # the Learner's epoch misses its target on the H200 (1.11-1.14): say where the time goes, and on this machine's CPU beside it
     for device, where in (('cuda', 'cpu'), ('cuda', 'cuda'), ('cpu', 'cpu')):
         try: where_the_time_goes(reps, device, where)
@@ -424,23 +429,24 @@ def bench_gpu(reps):
         for name, ours_make, bname, base_make, bytes_per_param in cases:
             def stepper(make):
                 opt = make(layer_params(width, n, device='cuda'))
-                for _ in range(3): opt.step()  # a large part compiles at its first or second step
+                first = compile_seconds(opt, torch.cuda.synchronize)
                 def run():
                     for _ in range(steps): opt.step()
                     torch.cuda.synchronize()
-                return run
+                return run, opt, first
+            (ours, opt, first), (base, *_) = stepper(ours_make), stepper(base_make)
+            if opt._flat.chains: yield (f'GPU: {name}: the step that compiles ({size}), seconds', first, 'report', None, None, 'seconds')
             numel = sum(p.numel() for p in layer_params(width, n, device='cuda'))
             src = torch.ones(numel * bytes_per_param // 8, device='cuda'); dst = torch.empty_like(src)  # a copy reads and writes 4 bytes a number
             def floor():
                 for _ in range(steps): dst.copy_(src)
                 torch.cuda.synchronize()
-            times, ratios = interleaved([stepper(ours_make), stepper(base_make), floor], reps)
+            times, ratios = interleaved([ours, base, floor], reps)
             small = target < 1
-            rows.append((f'GPU: {name} step ({size})', times[0] / steps, bname, times[1] / steps, target if small else None, 'max', ratios[1]))
-            rows.append((f'GPU: {name} step ({size})', times[0] / steps, f'memory floor ({bytes_per_param} B/param copied)', times[2] / steps,
-                         None if small else target, 'max', ratios[2]))
-    rows += bench_syncs(reps, 'cuda', optim.AdamW) + bench_syncs(reps, 'cuda', Adam)
-    return rows
+            yield (f'GPU: {name} step ({size})', times[0] / steps, bname, times[1] / steps, target if small else None, 'max', ratios[1])
+            yield (f'GPU: {name} step ({size})', times[0] / steps, f'memory floor ({bytes_per_param} B/param copied)', times[2] / steps,
+                   None if small else target, 'max', ratios[2])
+    yield from bench_syncs(reps, 'cuda', optim.AdamW) + bench_syncs(reps, 'cuda', Adam)
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
@@ -449,29 +455,30 @@ def main():
     args = ap.parse_args()
     reps = args.reps
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, medians of {reps} rounds after warm-up ({3 * reps} for the 45k optimizer steps)\n")
-    rows = []
+    # each row is printed as soon as it is measured: a run cut short (a GPU lent for minutes) keeps what it measured
+    w, ok_all = 95, True
+    print(f"{'measurement':{w}}  {'ours':>10}  {'baseline':36}  {'base':>10}  {'ratio':>6}  {'target':>8}  result", flush=True)
     for b in (bench_fit, bench_opt, bench_loader, bench_syncs, bench_ddp, bench_gpu):
         if args.only and b.__name__ != f'bench_{args.only}': continue
         print(f"running {b.__name__}...", file=sys.stderr, flush=True)
-        rows += b(reps)
-    if not rows: return 0
-    w = max(len(r[0]) for r in rows)
-    print(f"{'measurement':{w}}  {'ours':>10}  {'baseline':36}  {'base':>10}  {'ratio':>6}  {'target':>8}  result")
-    ok_all = True
-    for name, ours, bname, base, target, kind, *paired in rows:
-        if kind == 'seconds':
-            print(f"{name:{w}}  {ours:9.2f}s  {'':36}  {'':>10}  {'':>6}  {'report':>8}  pass")
-            continue
-        if kind == 'abs':
-            ratio, ok, tgt = ours, ours <= target, f'= {target}'
-            print(f"{name:{w}}  {ours:10.3f}  {bname:36}  {'':>10}  {'':>6}  {tgt:>8}  {'pass' if ok else 'FAIL'}")
-        else:
-            ratio = paired[0] if paired else ours / base
-            ok = target is None or ratio <= target
-            tgt = 'report' if target is None else f'<= {target:g}'
-            print(f"{name:{w}}  {ours*1e3:8.3f}ms  {bname:36}  {base*1e3:8.3f}ms  {ratio:6.2f}  {tgt:>8}  {'pass' if ok else 'FAIL'}")
-        ok_all &= ok
+        for row in b(reps): ok_all &= print_row(row, w)
     print('\nall targets met' if ok_all else '\nsome targets missed')
     return 0 if ok_all else 1
+
+def print_row(row, w):
+    "Print one row of the table; whether it meets its target."
+    name, ours, bname, base, target, kind, *paired = row
+    if kind == 'seconds':
+        print(f"{name:{w}}  {ours:9.2f}s  {'':36}  {'':>10}  {'':>6}  {'report':>8}  pass", flush=True)
+        return True
+    if kind == 'abs':
+        ok, tgt = ours <= target, f'= {target}'
+        print(f"{name:{w}}  {ours:10.3f}  {bname:36}  {'':>10}  {'':>6}  {tgt:>8}  {'pass' if ok else 'FAIL'}", flush=True)
+        return ok
+    ratio = paired[0] if paired else ours / base
+    ok = target is None or ratio <= target
+    tgt = 'report' if target is None else f'<= {target:g}'
+    print(f"{name:{w}}  {ours*1e3:8.3f}ms  {bname:36}  {base*1e3:8.3f}ms  {ratio:6.2f}  {tgt:>8}  {'pass' if ok else 'FAIL'}", flush=True)
+    return ok
 
 if __name__ == '__main__': sys.exit(main())

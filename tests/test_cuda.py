@@ -146,6 +146,27 @@ def test_no_training_batch_makes_the_cpu_wait_for_the_gpu(where, opt_func, lr):
     finally: torch.cuda.set_sync_debug_mode('default')
     assert learn.avg_stats.history[-1]['accuracy'] > 0.7 and len(moved) == 2 * (len(dl) - 1)
 
+def test_a_compiled_step_waits_for_nothing_while_its_hypers_change():
+    """A one-cycle schedule changes lr and mom at every batch: the compiled step writes them into the tensors its pass reads, on the GPU,
+    with no copy to or from the CPU, and compiles nothing more."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 5)).cuda()
+    opt = Adam(model.parameters(), 0.01, wd=0.01, compile=True)
+    x, y = torch.randn(16, 20, device='cuda'), torch.randint(0, 5, (16,), device='cuda')
+    def step(i):
+        for pg in opt.param_groups: pg['lr'], pg['mom'] = 0.01 * (1 + i % 3), 0.9 - 0.02 * (i % 4)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step(); opt.zero_grad()
+    for i in range(3): step(i)  # the state made (Adam's first step), the pass compiled (its second)
+    graphs, before = sum(c.graphs for c in opt._flat.chains.values()), [p.detach().clone() for p in model.parameters()]
+    try:
+        torch.cuda.set_sync_debug_mode('error')
+        for i in range(3, 12): step(i)
+    finally: torch.cuda.set_sync_debug_mode('default')
+    assert opt._flat.chains and all(c.direct and c.made for c in opt._flat.chains.values()), 'stepping straight into the compiled code'
+    assert sum(c.graphs for c in opt._flat.chains.values()) == graphs, 'nothing compiled anew'
+    assert not same(before, [p.detach() for p in model.parameters()]), 'the weights moved'
+
 def test_a_torch_dataloader_of_gpu_tensors_trains():
     x, y, xv, yv = get_mnist()
     tds = lambda a, b: torch.utils.data.TensorDataset(a.cuda(), b.cuda())
