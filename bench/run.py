@@ -456,12 +456,15 @@ def main():
     reps = args.reps
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, medians of {reps} rounds after warm-up ({3 * reps} for the 45k optimizer steps)\n")
     # each row is printed as soon as it is measured: a run cut short (a GPU lent for minutes) keeps what it measured
-    w, ok_all = 95, True
+    w, ok_all, n = 95, True, 0
     print(f"{'measurement':{w}}  {'ours':>10}  {'baseline':36}  {'base':>10}  {'ratio':>6}  {'target':>8}  result", flush=True)
     for b in (bench_fit, bench_opt, bench_loader, bench_syncs, bench_ddp, bench_gpu):
         if args.only and b.__name__ != f'bench_{args.only}': continue
         print(f"running {b.__name__}...", file=sys.stderr, flush=True)
-        for row in b(reps): ok_all &= print_row(row, w)
+        for n, row in enumerate(b(reps), n + 1): ok_all &= print_row(row, w)
+    if not n:
+        print('\nnothing measured')
+        return 0
     print('\nall targets met' if ok_all else '\nsome targets missed')
     return 0 if ok_all else 1
 
