@@ -454,6 +454,7 @@ def main():
     ap.add_argument('--only', choices=['fit', 'opt', 'loader', 'syncs', 'ddp', 'gpu'], help='run one benchmark only')
     args = ap.parse_args()
     reps = args.reps
+    if reps < 1: ap.error(f"--reps is the number of timed rounds of each measurement, at least 1; got {reps}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, medians of {reps} rounds after warm-up ({3 * reps} for the 45k optimizer steps)\n")
     # each row is printed as soon as it is measured: a run cut short (a GPU lent for minutes) keeps what it measured
     w, ok_all, n = 95, True, 0
