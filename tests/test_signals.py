@@ -63,7 +63,10 @@ def test_ctrl_c_to_the_group_says_interrupted_once(tmp_path):
     assert p.returncode == 130 and err == 'exp_lib_train: interrupted\n', (p.returncode, err)
 
 def test_timeout_gives_one_line(tmp_path):
-    p, procs = start(tmp_path, prefix=('timeout', '-s', 'TERM', '20'))
+    # A fixed `timeout 20` raced the start-up: on a loaded machine it fired before the run trained. GNU timeout takes SIGALRM as
+    # its time running out (it TERMs the command and exits 124), so the time runs out here once the run trains, whatever its pace.
+    p, procs = start(tmp_path, prefix=('timeout', '-s', 'TERM', '600'))
+    os.kill(p.pid, signal.SIGALRM)
     err = stopped(p, procs, tmp_path)
     assert p.returncode == 124 and err == 'exp_lib_train: stopped by SIGTERM\n', (p.returncode, err)
 
