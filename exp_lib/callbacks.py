@@ -366,7 +366,7 @@ def _fixed_order(dl):
     "`dl` replaying the order it draws now, every item once (no `drop_last`), and that order; `(dl, None)` if it cannot be replayed."
     if isinstance(dl, DataLoader):
         batches = [torch.as_tensor(b) for b in dl.sampler]
-        idxs = torch.cat(batches) if batches else torch.zeros(0, dtype=torch.long)
+        idxs = torch.cat(batches).cpu() if batches else torch.zeros(0, dtype=torch.long)  # the order, on the CPU with the predictions
         return DataLoader(dl.ds, sampler=batches, collate_fn=dl.collate_fn), idxs
     if isinstance(dl, tud.DataLoader) and isinstance(dl.batch_sampler, tud.BatchSampler):
         batches = list(tud.BatchSampler(dl.sampler, dl.batch_size, drop_last=False))

@@ -27,7 +27,7 @@ def log_softmax(x):
 # %% ../nbs/03_minibatch.ipynb #114e05c8
 def nll(input, target):
     "Mean negative log likelihood of the `target` classes under the log-probabilities `input`."
-    return -input[torch.arange(target.shape[0]), target].mean()
+    return -input[torch.arange(target.shape[0], device=target.device), target].mean()
 
 def cross_entropy(input, target):
     "Cross entropy of the raw activations `input` against integer `target` classes."

@@ -112,6 +112,28 @@ def test_data_on_the_gpu_is_indexed_there_and_trains_as_data_on_the_cpu():
     interp = ClassificationInterpretation.from_learner(on_gpu)
     assert int(interp.confusion_matrix().sum()) == 500
 
+def test_predictions_come_back_in_dataset_order_whatever_device_the_sampler_draws_on():
+    "A sampler of the user's may draw its indices on the GPU: get_preds still puts its predictions, on the CPU, back in dataset order."
+    torch.manual_seed(0)
+    learn = Learner(mlp(), data('cuda'), **QUIET)
+    learn.fit(1)
+    ds = learn.data.valid_ds
+    drawn = DataLoader(ds, sampler=list(torch.randperm(len(ds), device='cuda').split(64)))
+    (preds, targs), (in_order, targs_in_order) = learn.get_preds(dl=drawn), learn.get_preds()
+    assert torch.equal(targs, targs_in_order) and torch.equal(targs, ds.y.cpu())
+    assert torch.allclose(preds, in_order, rtol=0, atol=1e-5), (preds - in_order).abs().max()
+
+def test_the_lessons_losses_index_on_the_targets_device():
+    "exp_lib's nll (and so cross_entropy) picks each row's target on the GPU: a row index made on the CPU is a copy, and a wait, at every batch."
+    from exp_lib.all import nll, cross_entropy, log_softmax
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 10, device='cuda') * 5, torch.randint(0, 10, (64,), device='cuda')
+    try:
+        torch.cuda.set_sync_debug_mode('error')
+        ours = cross_entropy(x, y), nll(log_softmax(x), y)
+    finally: torch.cuda.set_sync_debug_mode('default')
+    for o in ours: torch.testing.assert_close(o, nn.functional.cross_entropy(x, y))
+
 class NoWaits(Callback):
     """From a fit's third training batch on, a CUDA call that makes the CPU wait for the GPU raises, from the start of each batch (before any
     other callback's `before_batch`) to `NoWaitsEnd`: the first two build what the fit keeps (flat buffers, the probe of the callbacks)."""
