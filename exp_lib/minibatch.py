@@ -26,7 +26,10 @@ def log_softmax(x):
 
 # %% ../nbs/03_minibatch.ipynb #114e05c8
 def nll(input, target):
-    "Mean negative log likelihood of the `target` classes under the log-probabilities `input`."
+    "Mean negative log likelihood of the `target` classes (shape `(n,)`) under the log-probabilities `input` (shape `(n, classes)`)."
+    if input.dim() != 2 or target.shape != input.shape[:1]:  # a target of shape (n, 1) would index an (n, n) grid: a wrong mean, silently
+        raise ValueError(f"nll takes log-probabilities of shape (n, classes) and n integer targets, as F.nll_loss does; got shapes "
+                         f"{tuple(input.shape)} and {tuple(target.shape)}. A target of shape (n, 1) is flattened by target.view(-1).")
     return -input[torch.arange(target.shape[0], device=target.device), target].mean()
 
 def cross_entropy(input, target):
