@@ -178,6 +178,8 @@ class Learner:
                    if isinstance(data, (Dataset, tud.Dataset)) else 'DataBunch(train_dl, valid_dl)')
             raise TypeError(f"Learner's data is a DataBunch of the training and validation DataLoaders; got a {type(data).__name__}: "
                             f"write Learner(model, {fix}).")
+        if not callable(loss_func):
+            raise TypeError(f"loss_func must be a function of (pred, *targets), such as F.cross_entropy or nn.MSELoss(); got {loss_func!r}.")
         self.model, self.data, self.loss_func, self.splitter, self.logger = model, data, loss_func, splitter, logger
         self.opt_func, self.device, self.opt = opt_func or defaults.opt_func, device, None
         if not callable(self.opt_func):

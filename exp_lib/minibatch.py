@@ -113,6 +113,9 @@ class DataLoader:
                  batch_size=None, # PyTorch's name for `bs`, taken as fastai's DataLoader takes it (it wins over `bs`)
                  pin_memory=False): # build batches of CPU data in pinned memory, which a GPU copies from without making the CPU wait
         if batch_size is not None: bs = batch_size
+        if shuffle and sampler is not None:  # the sampler sets the order: shuffle would be ignored, and training read in order
+            raise ValueError("DataLoader got shuffle=True and a sampler, and the sampler alone sets the order: shuffle in the sampler "
+                             "(Sampler(ds, bs, shuffle=True)) and leave shuffle=False, as PyTorch's DataLoader asks too.")
         self.ds, self.collate_fn, self.drop_last, self.pin_memory = ds, collate_fn, drop_last, pin_memory
         self.sampler = Sampler(ds, bs, shuffle) if sampler is None else sampler
         self.bs = getattr(self.sampler, 'bs', bs)

@@ -123,6 +123,7 @@ def test_errors_name_the_problem_and_the_fix():
     to do: an optimizer named by a string; nothing left to train; inputs of another dtype than the model's; an empty validation set; a metric
     that returns a value per item, or is named by a string; data given in another form than a DataBunch of loaders."""
     ft.test_fail(lambda: Learner(nn.Linear(3, 2), tiny_data(), opt_func='adam'), contains="opt_func must be a function that makes an optimizer")
+    ft.test_fail(lambda: Learner(nn.Linear(3, 2), tiny_data(), loss_func='ce'), contains="loss_func must be a function of (pred, *targets)")
     frozen = nn.Linear(3, 2).requires_grad_(False)
     ft.test_fail(lambda: Learner(frozen, tiny_data(), progress=False).fit(1), contains='No parameter of the model trains')
     x64 = DataBunch(DataLoader(Dataset(torch.randn(4, 3, dtype=torch.float64), torch.randint(0, 2, (4,))), 2))
