@@ -44,7 +44,7 @@ class SaveModelCallback(TrackerCallback):
         super().__init__(monitor, comp, min_delta, reset_on_fit)
         self.fname, self.path, self.every_epoch, self.at_end, self.with_opt = fname, Path(path), every_epoch, at_end, with_opt
     def _save(self, name): self.last_saved_path = self.learn.save(self.path/f'{name}.pt', with_opt=self.with_opt)
-    def before_fit(self): super().before_fit(); self.last_saved_path = None
+    def before_fit(self): self.last_saved_path = None; super().before_fit()  # none yet, also for after_fit if the check of `monitor` fails
     def after_epoch(self):
         if self.every_epoch:
             if self.learn.epoch % self.every_epoch == 0: self._save(f'{self.fname}_{self.learn.epoch}')
