@@ -107,7 +107,7 @@ def _all_gather(o):
 class DistributedTrainer(Callback):
     "Trains with `DistributedDataParallel` on this rank's shard of the data; every rank's epoch table is the whole data's."
     order, run_probe = -15, False
-    def __init__(self, **ddp_kwargs): self.ddp_kwargs, self._no_sync = ddp_kwargs, None
+    def __init__(self, **ddp_kwargs): self.ddp_kwargs, self._no_sync, self.ddp = ddp_kwargs, None, None
 
     def before_fit(self):
         learn = self.learn
@@ -138,6 +138,7 @@ class DistributedTrainer(Callback):
 
     def after_fit(self):
         self._sync_again()
+        if self.ddp is None: return  # before_fit changed nothing: it failed early, or a callback before it did (after_fit runs all the same)
         self.learn.model, self.learn.data, self.learn.logger = self.plain, self.whole_data, self.logger
         self.ddp = None
 

@@ -43,6 +43,7 @@ class SaveModelCallback(TrackerCallback):
         if every_epoch and at_end: raise ValueError("SaveModelCallback: every_epoch and at_end cannot both be set; choose one.")
         super().__init__(monitor, comp, min_delta, reset_on_fit)
         self.fname, self.path, self.every_epoch, self.at_end, self.with_opt = fname, Path(path), every_epoch, at_end, with_opt
+        self.last_saved_path = None  # the best checkpoint of the fit under way, if any
     def _save(self, name): self.last_saved_path = self.learn.save(self.path/f'{name}.pt', with_opt=self.with_opt)
     def before_fit(self): self.last_saved_path = None; super().before_fit()  # none yet, also for after_fit if the check of `monitor` fails
     def after_epoch(self):
@@ -52,8 +53,10 @@ class SaveModelCallback(TrackerCallback):
         super().after_epoch()
         if self.new_best and not self.at_end: self._save(self.fname)
     def after_fit(self):
+        # this fit's best, used once: a later fit that fails before this callback starts (after_fit still runs) loads nothing
+        best, self.last_saved_path = self.last_saved_path, None
         if self.at_end: self._save(self.fname)
-        elif not self.every_epoch and self.last_saved_path is not None: self.learn._load_weights(self.last_saved_path, self.with_opt)
+        elif not self.every_epoch and best is not None: self.learn._load_weights(best, self.with_opt)
 
 # %% ../nbs/04d_tracker.ipynb #e08520dd
 class _Plateau(TrackerCallback):

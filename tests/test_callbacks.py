@@ -139,3 +139,45 @@ def test_a_bar_that_cannot_start_leaves_the_learner_as_it_was():
         except Exception as e: assert not isinstance(e, AttributeError), e
     assert not [w for w in caught if 'after_fit failed' in str(w.message)], [str(w.message) for w in caught]
     assert learn.logger == rows.append and learn.progress.mbar is None
+
+class FailsToStart(Callback):
+    "A callback whose before_fit raises `exc`, ordered before every other: the fit ends before the others start, and their after_fit runs all the same."
+    order = -1000
+    def __init__(self, exc): self.exc = exc
+    def before_fit(self): raise self.exc
+
+def shipped_callbacks(tmp_path):
+    "One of each shipped callback that keeps state from before_fit to after_fit."
+    return {'SaveModelCallback': lambda: SaveModelCallback(path=tmp_path), 'SaveModelCallback(at_end)': lambda: SaveModelCallback(path=tmp_path, fname='end', at_end=True),
+            'EarlyStoppingCallback': EarlyStoppingCallback, 'ReduceLROnPlateau': ReduceLROnPlateau, 'CSVLogger': lambda: CSVLogger(tmp_path/'h.csv'),
+            'ParamScheduler': lambda: ParamScheduler('lr', sched_cos(1e-2, 1e-3)), 'DistributedTrainer': DistributedTrainer,
+            'MixedPrecision': MixedPrecision, 'GradientAccumulation': lambda: GradientAccumulation(128), 'GradientClip': GradientClip}
+
+def test_a_fit_that_fails_to_start_leaves_every_callback_and_the_learner_as_they_were(tmp_path):
+    """after_fit runs whatever ends a fit, also for the callbacks whose before_fit never ran: a first fit that fails to start, and one after a
+    whole fit (whose state a callback must not act on again: SaveModelCallback loaded the earlier fit's best weights back, DistributedTrainer
+    put the earlier fit's data back), end with that one error, no warning, and the learner unchanged."""
+    import warnings, torch.distributed as dist
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path/"pg"}', rank=0, world_size=1)
+    try:
+        for name, make in shipped_callbacks(tmp_path).items():
+            torch.manual_seed(0)
+            learn = Learner(mlp(), data(), metrics=[accuracy], cbs=[make()], progress=False, logger=lambda r: None)
+            for whole_fit_first in (False, True):
+                if whole_fit_first:
+                    learn.fit(2)
+                    with torch.no_grad():  # the weights change after that fit (as a fit without SaveModelCallback would change them)
+                        for p in learn.model.parameters(): p.add_(0.01)
+                learn.data = dls = data(seed=1)  # and so may the data
+                before = [p.detach().clone() for p in learn.model.parameters()]
+                for exc in (ValueError('this fit cannot start'), CancelFitException()):  # an error, or a callback that cancels the fit
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter('always')
+                        raised = None
+                        try: learn.fit(1, cbs=[FailsToStart(exc)])
+                        except ValueError as e: raised = e
+                    assert raised is (exc if isinstance(exc, ValueError) else None), (name, exc, raised)  # the error reaches the caller, a cancel does not
+                    assert not [str(w.message) for w in caught], (name, whole_fit_first, exc, [str(w.message) for w in caught])
+                    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters())), (name, whole_fit_first, exc, 'weights changed')
+                    assert learn.data is dls and not isinstance(learn.model, nn.parallel.DistributedDataParallel), (name, exc)
+    finally: dist.destroy_process_group()
