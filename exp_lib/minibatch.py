@@ -115,7 +115,8 @@ class DataLoader:
         if batch_size is not None: bs = batch_size
         if shuffle and sampler is not None:  # the sampler sets the order: shuffle would be ignored, and training read in order
             raise ValueError("DataLoader got shuffle=True and a sampler, and the sampler alone sets the order: shuffle in the sampler "
-                             "(Sampler(ds, bs, shuffle=True)) and leave shuffle=False, as PyTorch's DataLoader asks too.")
+                             "(Sampler(ds, bs, shuffle=True)) and leave shuffle=False, as PyTorch's DataLoader asks too; get_dls always shuffles "
+                             "its training DataLoader, so with a sampler of your own make the DataLoader yourself.")
         self.ds, self.collate_fn, self.drop_last, self.pin_memory = ds, collate_fn, drop_last, pin_memory
         self.sampler = Sampler(ds, bs, shuffle) if sampler is None else sampler
         self.bs = getattr(self.sampler, 'bs', bs)
