@@ -50,12 +50,16 @@ def accuracy(out, yb):
     return (pred == targ).float().mean()
 
 # %% ../nbs/03_minibatch.ipynb #04fc9269
+def _default_float(t):
+    "Tensor `t` with floats as torch's default dtype (float32, the dtype of a model's weights); other dtypes as they are."
+    return t.to(torch.get_default_dtype()) if t.is_floating_point() else t
+
 def _as_tensor(v):
     "`v` as a tensor if it is a NumPy array or a list of numbers (floats as torch's default dtype, float32, as models are); else as it is."
     if isinstance(v, torch.Tensor) or not (hasattr(v, '__array__') or isinstance(v, (list, tuple))): return v
     try: t = torch.as_tensor(v)
     except (TypeError, ValueError, RuntimeError): return v
-    return t.to(torch.get_default_dtype()) if t.is_floating_point() else t
+    return _default_float(t)
 
 class Dataset:
     "Pairs inputs `x` with targets `y`; indexing returns `(x[i], y[i])`. NumPy arrays and lists of numbers become tensors."
@@ -79,16 +83,23 @@ class Sampler:
 
 # %% ../nbs/03_minibatch.ipynb #565771d2
 def collate(batch):
-    "Stack a list of `(x, y)` items into a batch `(xb, yb)`."
-    xs, ys = zip(*batch)
-    return torch.stack(xs), torch.stack(ys)
+    "Stack a list of items into a batch: `(x, y)` items into `(xb, yb)`, and items of any length position by position."
+    b = batch[0]
+    if isinstance(b, (tuple, list)):
+        if any(len(o) != len(b) for o in batch):
+            raise ValueError(f"collate: every item of a batch must have as many parts, but got items of {sorted({len(o) for o in batch})} parts; "
+                             "make the dataset return the same tuple, such as (x, y), for every index.")
+        return tuple(collate(o) for o in zip(*batch))
+    if isinstance(b, torch.Tensor): return torch.stack(batch)
+    if isinstance(b, numbers.Number) or hasattr(b, '__array__'): return _default_float(torch.stack([torch.as_tensor(o) for o in batch]))
+    return tud.default_collate(list(batch))
 
 # %% ../nbs/03_minibatch.ipynb #e5ac8bfe
-def _tensor_pair(ds):
-    "The `(x, y)` tensors of `ds`, on one device, when batches can be built by indexing them directly, else `None`."
-    xy = (ds.x, ds.y) if isinstance(ds, Dataset) else getattr(ds, 'tensors', None)
-    ok = xy is not None and len(xy) == 2 and all(isinstance(t, torch.Tensor) for t in xy) and xy[0].device == xy[1].device
-    return xy if ok else None
+def _tensor_columns(ds):
+    "The tensors of `ds` (a `Dataset`'s `x` and `y`, every tensor of a `TensorDataset`), on one device, when batches can be built by indexing them directly, else `None`."
+    cols = (ds.x, ds.y) if isinstance(ds, Dataset) else getattr(ds, 'tensors', None)
+    ok = isinstance(cols, tuple) and len(cols) > 0 and all(isinstance(t, torch.Tensor) for t in cols) and len({t.device for t in cols}) == 1
+    return cols if ok else None
 
 def _index_batches(batches, device):
     "One epoch's index batches as tensors on `device`, the data's: on another device than the CPU, copied there in one go, not batch by batch."
@@ -120,18 +131,18 @@ class DataLoader:
         self.ds, self.collate_fn, self.drop_last, self.pin_memory = ds, collate_fn, drop_last, pin_memory
         self.sampler = Sampler(ds, bs, shuffle) if sampler is None else sampler
         self.bs = getattr(self.sampler, 'bs', bs)
-        self._xy = _tensor_pair(ds) if collate_fn is collate else None
+        self._cols = _tensor_columns(ds) if collate_fn is collate else None
 
     def __len__(self):
         n = len(self.sampler)
         return n - 1 if self.drop_last and len(self.ds) % self.bs else n
 
     def __iter__(self):
-        device = self._xy[0].device if self._xy is not None else torch.device('cpu')
+        device = self._cols[0].device if self._cols is not None else torch.device('cpu')
         pin = self.pin_memory and device.type == 'cpu' and torch.cuda.is_available()
         for idxs in _index_batches(self.sampler, device):
             if self.drop_last and len(idxs) < self.bs: return
-            if self._xy is not None: yield tuple(_rows(t, idxs, pin) for t in self._xy)
+            if self._cols is not None: yield tuple(_rows(t, idxs, pin) for t in self._cols)
             else:
                 b = self.collate_fn([self.ds[int(i)] for i in idxs])
                 yield _pinned(b) if pin else b
