@@ -15,7 +15,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
-from .core import _subplots, norm_bias_params, _check_hyper, _check_positive, _per_group, _freeze_groups, _one_group, _merge_state, _cb_name
+from .core import _subplots, norm_bias_params, _check_hyper, _check_positive, _per_group, _freeze_groups, _one_group, _merge_state, _cb_name, _set_hyper
 from .callbacks import Callback, Learner, CancelFitException, AvgStatsCallback, defaults
 from .flat import flat_step, flat_state, flat_zero_grad, flat_drop, per_tensor_cbs, tensor_norms, scale_per_tensor_
 from .anneal import ParamScheduler, Recorder, combine_scheds, cos_1cycle_anneal, sched_cos
@@ -201,6 +201,18 @@ def adam_family(params, step_cb, lr, mom, sqr_mom, eps, wd, decouple_wd, flat=Tr
 def Adam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01, decouple_wd=True, flat=True, compile=None):
     "Adam (AdamW when `decouple_wd`), with fastai's defaults."
     return adam_family(params, adam_step, lr, mom, sqr_mom, eps, wd, decouple_wd, flat, compile)
+
+# %% ../nbs/16_accel_sgd.ipynb #5e7a1c02
+@patch
+def set_hyper(self:Optimizer, name, val):
+    "fastai's `set_hyper`: hyper `name` of every group to `val`, `val[i]` for group `i`, or spread from a slice; checked first."
+    _set_hyper(self.param_groups, name, val, 'Optimizer.set_hyper')
+
+@patch
+def set_hypers(self:Optimizer, **kwargs):
+    "fastai's `set_hypers`: `set_hyper` for each of `kwargs`."
+    for k, v in kwargs.items(): self.set_hyper(k, v)
+
 
 # %% ../nbs/16_accel_sgd.ipynb #e8ecbd19
 def radam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, beta=0., **kwargs):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import torch.utils.data as tud
 from torch import nn, optim
 from fastcore.basics import patch, camel2snake
-from .core import params, to_detach, _param_groups, _as_tuple, _per_group, _check_spread
+from .core import params, to_detach, _param_groups, _as_tuple, _per_group, _check_spread, _set_hyper
 from .minibatch import DataLoader, Dataset, _dataset, _describe_dl, _first_item, _check_loader
 
 # %% ../nbs/04_callbacks.ipynb #fa0a3e0a
@@ -453,9 +453,7 @@ def removed_cbs(self:Learner, cbs):
 def set_hyper(self:Learner, name, val):
     "Set hyper `name` of every parameter group: to `val`, `val[i]` for group `i`, or spread from a slice; checked first."
     if self.opt is None: self.create_opt()
-    pgs = self.opt.param_groups
-    if name not in pgs[0]: raise KeyError(f"set_hyper: the optimizer has no hyper {name!r}; it has {sorted(k for k in pgs[0] if k != 'params')}.")
-    for pg, v in zip(pgs, _per_group(val, len(pgs), name)): pg[name] = v
+    _set_hyper(self.opt.param_groups, name, val)
 
 # %% ../nbs/04_callbacks.ipynb #c66279b4
 class TrainEvalCallback(Callback):

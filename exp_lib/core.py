@@ -112,6 +112,12 @@ def _per_group(v, n, name, where='set_hyper'):
     if len(vals) != n: raise ValueError(f"{where}: {len(vals)} values given for {name!r} but the optimizer has {n} parameter groups.")
     return [_check_hyper(name, o, where) for o in vals]
 
+def _set_hyper(pgs, name, val, where='set_hyper'):
+    "Set hyper `name` of the torch-style parameter groups `pgs` from `val` (as `_per_group` reads it), every value checked before any is set."
+    if name not in pgs[0]: raise KeyError(f"{where}: the optimizer has no hyper {name!r}; it has {sorted(k for k in pgs[0] if k != 'params')} "
+                                          f"(a hyper of your own is given when the optimizer is made, e.g. Optimizer(params, cbs, {name}=...)).")
+    for pg, v in zip(pgs, _per_group(val, len(pgs), name, where)): pg[name] = v
+
 def _check_spread(name, v, where):
     "`v`, a hyper given before the number of groups is known (a number, a list or a slice), after checking its values."
     vals = [v.start, v.stop] if isinstance(v, slice) else list(v) if isinstance(v, (list, tuple)) else [v]

@@ -9,7 +9,7 @@ __all__ = ['TorchParamGroup', 'OptimWrapper']
 import inspect
 from collections.abc import MutableMapping
 import torch
-from .core import _check_hyper, _per_group, _freeze_groups, _one_group, _state_to_params
+from .core import _check_hyper, _per_group, _set_hyper, _freeze_groups, _one_group, _state_to_params
 from .callbacks import defaults
 from .accel_sgd import _check_hypers
 
@@ -81,6 +81,11 @@ class OptimWrapper:
         if len(self.opt.param_groups) < 2: raise ValueError(_one_group)
         self.freeze_to(-1)
     def unfreeze(self): self.freeze_to(0)
+    def set_hyper(self, name, val):
+        "fastai's `set_hyper`, by exp_lib's hyper names (or the torch optimizer's own): one value, one per group, or a slice."
+        _set_hyper(self.param_groups, name, val, f'{type(self.opt).__name__}.set_hyper')
+    def set_hypers(self, **kwargs):
+        for k, v in kwargs.items(): self.set_hyper(k, v)
     @property
     def kind(self): return f"OptimWrapper({type(self.opt).__name__})"
     def __repr__(self): return f"OptimWrapper({self.opt!r})"
