@@ -385,10 +385,12 @@ def _every_item(dl):
 def _set_cbs(self:Learner, cbs):
     "Sort `cbs` and rebuild the event -> handlers table; raises (changing nothing) if they cannot be ordered."
     cbs = sort_by_run(cbs)
-    self._handlers = {e: tuple(getattr(cb, e) for cb in cbs if e in vars(cb) or hasattr(type(cb), e)) for e in _events}
+    self._handlers = {e: tuple(getattr(cb, e) for cb in cbs if _handles(cb, e)) for e in _events}
     self._bare_step = not any(self._handlers[e] for p in ('backward', 'step') for e in _part_events[p])
     self._copy_loss = bool(self._handlers['after_loss']) or not self._bare_step  # who could change loss_grad in place before it is recorded
     self.cbs = cbs
+
+def _handles(cb, event): return event in vars(cb) or hasattr(type(cb), event)
 
 def _cb_list(cbs):
     "`cbs` as a list, taking fastai's forms: None, one callback (an instance or a class), or any iterable of them."
@@ -454,6 +456,31 @@ def set_hyper(self:Learner, name, val):
     "Set hyper `name` of every parameter group: to `val`, `val[i]` for group `i`, or spread from a slice; checked first."
     if self.opt is None: self.create_opt()
     _set_hyper(self.opt.param_groups, name, val)
+
+# %% ../nbs/04_callbacks.ipynb #5e7a1c12
+_loop = ('after_create', 'Start Fit', 'before_fit', 'Start Epoch Loop', 'before_epoch', 'Start Train', 'before_train', 'Start Batch Loop',
+         'before_batch', 'after_pred', 'after_loss', 'before_backward', 'after_cancel_backward', 'after_backward', 'before_step',
+         'after_cancel_step', 'after_step', 'after_cancel_batch', 'after_batch', 'End Batch Loop', 'after_cancel_train', 'after_train', 'End Train',
+         'Start Valid', 'before_validate', 'Start Batch Loop', 'before_batch', 'after_pred', 'after_loss', 'after_cancel_batch', 'after_batch',
+         'End Batch Loop', 'after_cancel_validate', 'after_validate', 'End Valid', 'after_cancel_epoch', 'after_epoch', 'End Epoch Loop',
+         'after_cancel_fit', 'after_fit', 'End Fit')
+
+@patch
+def ordered_cbs(self:Learner, event):
+    "The callbacks that handle `event`, in the order they run (fastai's name)."
+    if event not in _events: raise ValueError(f"ordered_cbs: {event!r} is not an event of the loop; the events are {', '.join(_events)}.")
+    return [cb for cb in self.cbs if _handles(cb, event)]
+
+@patch
+def show_training_loop(self:Learner):
+    "Print the loop's events, nested as the loop runs them, each with the callbacks that handle it in run order (fastai's name)."
+    indent = 0
+    for s in _loop:
+        if s.startswith('End'): indent -= 2
+        if s[0].isupper(): print(' ' * indent + s)
+        else: print(f"{' ' * indent} - {s:<22}: [{', '.join(type(cb).__name__ for cb in self.ordered_cbs(s))}]")
+        if s.startswith('Start'): indent += 2
+
 
 # %% ../nbs/04_callbacks.ipynb #c66279b4
 class TrainEvalCallback(Callback):
