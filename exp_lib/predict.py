@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from fastcore.basics import patch
-from .core import apply, rng_states, set_rng_states
+from .core import apply, rng_states, set_rng_states, _plain
 from .minibatch import cross_entropy
 from .minibatch import _check_loader, _first_item
-from .callbacks import Callback, Learner, DataBunch, AvgStats, CancelValidException, _fixed_order, _every_item, _loss_name
+from .callbacks import Callback, Learner, DataBunch, AvgStats, CancelValidException, _fixed_order, _every_item, _loss_name, _opt_kind
 from .metrics import ProgressCallback
 
 # %% ../nbs/04b_predict.ipynb #df15dda7
@@ -187,3 +187,50 @@ def predict(self:Learner, item):
     idx = decodes(probs) if decodes else probs
     vocab = getattr(self.data, 'vocab', None)
     return (vocab[int(idx)] if vocab is not None and isinstance(idx, torch.Tensor) and idx.numel() == 1 else idx), idx, probs
+
+# %% ../nbs/04b_predict.ipynb #5e7a1c22
+class _Report(str):
+    "A text a notebook shows as it is (fastai's `PrettyString`)."
+    def __repr__(self): return str(self)
+
+def _shapes(o):
+    "The shape of a layer's output as fastai writes it (`64 x 50`), for a tensor or a tuple, list or dict of them."
+    if isinstance(o, torch.Tensor): return ' x '.join(map(str, o.shape))
+    if isinstance(o, (tuple, list)): return ', '.join(_shapes(t) for t in o)
+    if isinstance(o, dict): return ', '.join(f"{k}: {_shapes(v)}" for k, v in o.items())
+    return type(o).__name__
+
+def _trains(ps):
+    flags = {p.requires_grad for p in ps}
+    return '' if not flags else str(flags.pop()) if len(flags) == 1 else 'partly'
+
+@patch
+def summary(self:Learner):
+    "fastai's `summary`: each layer the model runs on one training batch, its output shape, parameters and whether they train; totals, optimizer, loss, callbacks."
+    dl = next((d for d in (getattr(self.data, 'train_dl', None), getattr(self.data, 'valid_dl', None)) if d is not None), None)
+    if dl is None: raise ValueError("summary runs the model on one batch of the data, and this learner has none (one from load_learner?): "
+                                    "give it data first, learn.data = DataBunch(...).")
+    rng = rng_states()
+    try: b = next(iter(dl))
+    finally: set_rng_states(rng)  # a shuffled loader draws its order: the next fit must not see a different one
+    rows = []
+    def record(m, inp, out):
+        own = list(m.parameters(recurse=False))
+        rows.append((type(m).__name__, _shapes(out), sum(p.numel() for p in own), _trains(own)))
+    hooks = [m.register_forward_hook(record) for m in self.model.modules()
+             if next(m.children(), None) is None or next(m.parameters(recurse=False), None) is not None]
+    try: self._infer([b])
+    finally:
+        for h in hooks: h.remove()
+    xb = b[:getattr(self.data, 'n_inp', None) or max(len(b) - 1, 1)] if isinstance(b, (tuple, list)) else (b,)
+    ps = list(self.model.parameters())
+    n, n_train, line = sum(p.numel() for p in ps), sum(p.numel() for p in ps if p.requires_grad), '=' * 72
+    opt = _opt_kind(self.opt) if self.opt is not None else _loss_name(getattr(self.opt_func, 'func', self.opt_func))
+    out = [f"{type(_plain(self.model)).__name__} (input shape: {_shapes(tuple(xb)) if len(xb) > 1 else _shapes(xb[0])})", line,
+           f"{'Layer (type)':<24}{'Output Shape':<24}{'Param #':<12}Trainable", line]
+    out += [f"{name:<24}{shape:<24}{f'{k:,}' if k else '':<12}{trains}".rstrip() for name, shape, k, trains in rows]
+    out += [line, f"Total params: {n:,}", f"Total trainable params: {n_train:,}", f"Total non-trainable params: {n - n_train:,}", '',
+            f"Optimizer used: {opt}", f"Loss function: {_loss_name(self.loss_func)}", '', 'Callbacks:']
+    out += [f"  - {type(cb).__name__}" for cb in self.cbs]
+    return _Report('\n'.join(out))
+
