@@ -36,6 +36,17 @@ class DataBunch:
     train = property(lambda self: self.train_dl, doc="fastai's name for the training DataLoader")
     valid = property(lambda self: self.valid_dl, doc="fastai's name for the validation DataLoader")
     def __getitem__(self, i): return (self.train_dl, self.valid_dl)[i]
+    @classmethod
+    def from_dsets(cls, *ds, bs=64, c=None, n_inp=None, vocab=None, **kwargs):
+        "fastai's `DataLoaders.from_dsets`: exp_lib `DataLoader`s of batch size `bs`, the training one shuffled and dropping a last short batch."
+        for k, fix in (('device', "the Learner moves each batch to its device: Learner(..., device=...)"),
+                       ('path', "checkpoints take a file path of their own: learn.save('models/m.pt')")):
+            if k in kwargs: raise TypeError(f"DataBunch.from_dsets takes no {k} (fastai's does): {fix}.")
+        if len(ds) != 2: raise TypeError(f"DataBunch.from_dsets takes two datasets, training and validation, and got {len(ds)}; "
+                                         f"predict on more with learn.get_preds(dl=DataLoader(ds, bs)).")
+        train_ds, valid_ds = ds
+        train_kw, valid_kw = {'shuffle': True, 'drop_last': True, **kwargs}, {'shuffle': False, 'drop_last': False, **kwargs}
+        return cls(DataLoader(train_ds, bs, **train_kw), DataLoader(valid_ds, bs, **valid_kw), c=c, n_inp=n_inp, vocab=vocab)
     def one_batch(self):
         "The first training batch, as fastai's `dls.one_batch()`."
         if self.train_dl is None: raise ValueError("one_batch: this DataBunch has no training DataLoader (it was made for prediction).")
