@@ -42,6 +42,8 @@ class DataBunch:
         for k, fix in (('device', "the Learner moves each batch to its device: Learner(..., device=...)"),
                        ('path', "checkpoints take a file path of their own: learn.save('models/m.pt')")):
             if k in kwargs: raise TypeError(f"DataBunch.from_dsets takes no {k} (fastai's does): {fix}.")
+        if len(ds) > 2 and isinstance(ds[2], numbers.Number):
+            raise TypeError(f"DataBunch.from_dsets takes the batch size by name, as fastai's does: from_dsets(train_ds, valid_ds, bs={ds[2]}).")
         if len(ds) != 2: raise TypeError(f"DataBunch.from_dsets takes two datasets, training and validation, and got {len(ds)}; "
                                          f"predict on more with learn.get_preds(dl=DataLoader(ds, bs)).")
         train_ds, valid_ds = ds

@@ -213,20 +213,20 @@ def summary(self:Learner):
     rng = rng_states()
     try: b = next(iter(dl))
     finally: set_rng_states(rng)  # a shuffled loader draws its order: the next fit must not see a different one
-    rows = []
+    rows, inputs = [], []
     def record(m, inp, out):
         own = list(m.parameters(recurse=False))
         rows.append((type(m).__name__, _shapes(out), sum(p.numel() for p in own), _trains(own)))
     hooks = [m.register_forward_hook(record) for m in self.model.modules()
              if next(m.children(), None) is None or next(m.parameters(recurse=False), None) is not None]
+    hooks.append(self.model.register_forward_pre_hook(lambda m, inp: inputs.append(inp)))  # what the model is given, placed and cast
     try: self._infer([b])
     finally:
         for h in hooks: h.remove()
-    xb = b[:getattr(self.data, 'n_inp', None) or max(len(b) - 1, 1)] if isinstance(b, (tuple, list)) else (b,)
     ps = list(self.model.parameters())
     n, n_train, line = sum(p.numel() for p in ps), sum(p.numel() for p in ps if p.requires_grad), '=' * 72
     opt = _opt_kind(self.opt) if self.opt is not None else _loss_name(getattr(self.opt_func, 'func', self.opt_func))
-    out = [f"{type(_plain(self.model)).__name__} (input shape: {_shapes(tuple(xb)) if len(xb) > 1 else _shapes(xb[0])})", line,
+    out = [f"{type(_plain(self.model)).__name__} (input shape: {_shapes(inputs[0] if len(inputs[0]) > 1 else inputs[0][0])})", line,
            f"{'Layer (type)':<24}{'Output Shape':<24}{'Param #':<12}Trainable", line]
     out += [f"{name:<24}{shape:<24}{f'{k:,}' if k else '':<12}{trains}".rstrip() for name, shape, k, trains in rows]
     out += [line, f"Total params: {n:,}", f"Total trainable params: {n_train:,}", f"Total non-trainable params: {n - n_train:,}", '',
