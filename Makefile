@@ -36,10 +36,13 @@ export-check: $(STAMP)
 	  exit 1; \
 	fi; echo "export check: exp_lib/ matches the notebooks"
 
-# Torch starts a thread per core in every process; nbdev_test runs one notebook per core, and pytest's kernels and
+# Torch starts a thread per core in every process; two notebooks run at a time, and pytest's kernels and
 # subprocesses run side by side: one thread each, or 2 cores oversubscribe (84 s against 8 s for one notebook).
+# Each notebook in a process of its own, as Jupyter gives each its own kernel: nbdev_test alone runs several in one
+# process, where what one notebook sets (its own classes in `defaults`, a method it patches) would reach the next.
 nbtest: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --do_print --timing
+	@ls nbs/*.ipynb | OMP_NUM_THREADS=1 xargs -P 2 -n 1 $(BIN)/nbdev_test --do_print --timing --path \
+	  || { echo "nbtest: a notebook failed (its traceback is above)"; exit 1; }
 
 # pytest exits 5 when it collects nothing; that is not a failure while tests/ is empty.
 # Two pytest workers, one per core; a file's tests stay on one worker (the kernel test's notebooks run once).

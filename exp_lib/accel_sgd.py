@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
 from .core import _subplots, norm_bias_params, _check_hyper, _check_positive, _per_group, _freeze_groups, _one_group, _merge_state, _cb_name, _set_hyper
-from .callbacks import Callback, Learner, CancelFitException, AvgStatsCallback, defaults
+from .callbacks import Callback, Learner, CancelFitException, AvgStatsCallback
 from .flat import flat_step, flat_state, flat_zero_grad, flat_drop, per_tensor_cbs, tensor_norms, scale_per_tensor_
 from .anneal import ParamScheduler, Recorder, combine_scheds, cos_1cycle_anneal, sched_cos
 
@@ -54,9 +54,9 @@ class Optimizer:
     "Steps parameter groups by running the optimizer callbacks `cbs` on each parameter, with per-group hypers."
     def __init__(self, params, cbs,
                  flat=True, # step each group on flat buffers where it can, running the same callbacks (`16a_flat`)
-                 compile=None, # each flat part as one compiled pass: True, False, or None for the parts large enough to pay (`16a_flat`)
+                 compile=False, # each flat part as one `torch.compile`d pass (`16a_flat`): opt-in, as torch.compile is everywhere
                  **defaults):
-        if compile not in (None, True, False): raise ValueError(f"Optimizer: compile is True, False or None (where it pays), got {compile!r}.")
+        if compile not in (True, False): raise ValueError(f"Optimizer: compile is True (one compiled pass per flat part) or False, got {compile!r}.")
         if compile and not flat: raise ValueError("Optimizer: compile=True needs flat=True: the compiled pass runs on a group's flat buffers.")
         self.cbs = list(cbs)
         base = {}
@@ -183,22 +183,22 @@ def _decay(decouple_wd):
     "The weight-decay callback: decoupled, or L2 regularisation."
     return [weight_decay] if decouple_wd else [l2_reg]
 
-def SGD(params, lr, mom=0., wd=0., decouple_wd=True, flat=True, compile=None):
+def SGD(params, lr, mom=0., wd=0., decouple_wd=True, flat=True, compile=False):
     "SGD, with momentum if `mom`, and weight decay (decoupled, or L2 if not `decouple_wd`)."
     cbs = _decay(decouple_wd) + ([average_grad, momentum_step] if mom else [sgd_step])
     return Optimizer(params, cbs, flat=flat, compile=compile, lr=lr, mom=mom, wd=wd)
 
-def RMSProp(params, lr, mom=0., sqr_mom=0.99, eps=1e-8, wd=0., decouple_wd=True, flat=True, compile=None):
+def RMSProp(params, lr, mom=0., sqr_mom=0.99, eps=1e-8, wd=0., decouple_wd=True, flat=True, compile=False):
     "RMSProp (with momentum on the gradient if `mom`)."
     cbs = _decay(decouple_wd) + ([average_grad] if mom else []) + [average_sqr_grad, rms_prop_step]
     return Optimizer(params, cbs, flat=flat, compile=compile, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
 
-def adam_family(params, step_cb, lr, mom, sqr_mom, eps, wd, decouple_wd, flat=True, compile=None, **hypers):
+def adam_family(params, step_cb, lr, mom, sqr_mom, eps, wd, decouple_wd, flat=True, compile=False, **hypers):
     "An optimizer of Adam's shape: weight decay, damped gradient average, squared average, step count, then `step_cb`."
     cbs = _decay(decouple_wd) + [partial(average_grad, dampening=True), average_sqr_grad, step_stat, step_cb]
     return Optimizer(params, cbs, flat=flat, compile=compile, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, **hypers)
 
-def Adam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01, decouple_wd=True, flat=True, compile=None):
+def Adam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01, decouple_wd=True, flat=True, compile=False):
     "Adam (AdamW when `decouple_wd`), with fastai's defaults."
     return adam_family(params, adam_step, lr, mom, sqr_mom, eps, wd, decouple_wd, flat, compile)
 
@@ -228,7 +228,7 @@ def radam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, beta=0., **kwa
         p.addcdiv_(grad_avg, denom, value=-lr * rect / debias1)
 radam_step.defaults = dict(eps=1e-5, beta=0.)
 
-def RAdam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., beta=0., decouple_wd=True, flat=True, compile=None):
+def RAdam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., beta=0., decouple_wd=True, flat=True, compile=False):
     "Rectified Adam (with `beta`, the denominator goes through a softplus of that sharpness, as in fastai)."
     return adam_family(params, radam_step, lr, mom, sqr_mom, eps, wd, decouple_wd, flat, compile, beta=beta)
 
@@ -242,7 +242,7 @@ def lamb_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     p.sub_(scale_per_tensor_(p, upd, lr * q))
 lamb_step.defaults = dict(eps=1e-5)
 
-def Lamb(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., decouple_wd=True, flat=True, compile=None):
+def Lamb(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., decouple_wd=True, flat=True, compile=False):
     "LAMB."
     return adam_family(params, lamb_step, lr, mom, sqr_mom, eps, wd, decouple_wd, flat, compile)
 
@@ -340,9 +340,6 @@ def _spare_norms_and_biases(learn, opt):
         for p in norm_bias_params(learn.model): opt.state.setdefault(p, {})['do_wd'] = False
     return opt
 
-defaults.opt_adapters = [f for f in defaults.opt_adapters if f.__name__ != '_spare_norms_and_biases'] + [_spare_norms_and_biases]
-defaults.opt_func, defaults.lr = Adam, 1e-3
-
 # %% ../nbs/16_accel_sgd.ipynb #b7a2c3c0
 def _check_pct(where, pct_start):
     if isinstance(pct_start, bool) or not isinstance(pct_start, (int, float)) or not 0 <= pct_start <= 1:
@@ -391,6 +388,7 @@ class ModelResetter(Callback):
 
 class RNNRegularizer(Callback):
     "AR (`alpha`) and TAR (`beta`) penalties on the last layer of a model returning `(out, raw_outs, outs)`, added to `loss_grad`."
+    order = 1
     def __init__(self, alpha=0., beta=0.): self.alpha, self.beta = alpha, beta
     def after_pred(self):
         out, raw_outs, outs = self.learn.pred

@@ -15,7 +15,7 @@ from itertools import accumulate
 import torch
 from fastcore.basics import patch
 from .core import rank_distrib, rng_states, set_rng_states, atomic_write, _subplots
-from .callbacks import Callback, Learner, AvgStatsCallback, CancelFitException, CancelValidException, defaults, _resumes
+from .callbacks import Callback, Learner, AvgStatsCallback, CancelFitException, CancelValidException, _resumes
 from .checkpoint import _cb_states
 
 # %% ../nbs/05_anneal.ipynb #c9e35ee8
@@ -27,7 +27,7 @@ def _stack_cpu(ts):
 # %% ../nbs/05_anneal.ipynb #2f5ed5eb
 class Recorder(Callback):
     "Per-batch losses, smoothed loss and hypers (per parameter group) of the training batches, with plots."
-    order, run_probe = 60, False
+    order, run_probe = 50, False
     def __init__(self, beta=0.98): self.beta = beta; self._reset()
     def _reset(self): self.hypers, self.losses, self.epoch_ends, self._smooth, self._avg = {}, [], [], [], 0.
 
@@ -82,6 +82,8 @@ class Recorder(Callback):
         self._reset()
         self.losses, self.epoch_ends = list(sd['losses']), list(sd['epoch_ends'])
         self.hypers = {k: v.tolist() for k, v in sd['hypers'].items()}
+    def __getstate__(self): return {**vars(self), 'losses': _stack_cpu(self.losses)}  # exported: one tensor, not one per batch
+    def __setstate__(self, state): vars(self).update(state, losses=list(state['losses']))
 
 # %% ../nbs/05_anneal.ipynb #46ef2957
 @patch
@@ -112,9 +114,6 @@ def plot_sched(self:Recorder, keys=None, figsize=None, pgid=-1):
         ax.plot([o[pgid] for o in self.hypers[k]]); ax.set_title(k); ax.set_xlabel('batch')
     fig.tight_layout()
     return fig
-
-# %% ../nbs/05_anneal.ipynb #51608dea
-defaults.callbacks = [c for c in defaults.callbacks if c.__name__ != 'Recorder'] + [Recorder]
 
 # %% ../nbs/05_anneal.ipynb #276a3222
 @patch(as_prop=True)
@@ -189,7 +188,7 @@ def cos_1cycle_anneal(start, high, end):
 # %% ../nbs/05_anneal.ipynb #0f148a7d
 class ParamScheduler(Callback):
     "Sets hyper `pname` of each parameter group from `sched_funcs` (one, or one per group) at every training batch."
-    order, run_probe = 1, False
+    order, run_probe = 60, False
     def __init__(self, pname, sched_funcs=None):
         if isinstance(pname, dict) or sched_funcs is None:
             raise TypeError(f"ParamScheduler takes (pname, sched_funcs), one hyper per callback, as in the lesson; got {pname!r:.60}. "
@@ -219,7 +218,7 @@ class ParamScheduler(Callback):
 # %% ../nbs/05_anneal.ipynb #d57ff299
 class LRFinder(Callback):
     "Grows the lr exponentially over `num_it` training batches, recording the smoothed loss; stops on divergence; restores the learner after."
-    order = 2
+    order = 60
     def __init__(self, start_lr=1e-7, end_lr=10, num_it=100, stop_div=True, beta=0.98):
         if not 0 < start_lr < end_lr: raise ValueError(f"lr_find needs 0 < start_lr < end_lr, got start_lr={start_lr}, end_lr={end_lr}.")
         if isinstance(num_it, bool) or not isinstance(num_it, numbers.Integral) or num_it < 10:
@@ -252,6 +251,7 @@ class LRFinder(Callback):
         for name, sd in snap['cbs'].items(): getattr(learn, name).load_state_dict(sd)
         set_rng_states(snap['rng'])
         learn.model.train(snap['training'])
+        self.snap = None  # the copies are not kept: an exported learner carries no second model
 
 # %% ../nbs/05_anneal.ipynb #e8591ba9
 def valley(lrs, losses):
@@ -319,6 +319,7 @@ _fit_state = ('epochs_done', 'epoch', 'n_epoch', 'start_epoch', 'train_iter', 'p
 def lr_find(self:Learner, start_lr=1e-7, end_lr=10, num_it=100, stop_div=True, show_plot=True, suggest_funcs=(valley,), ax=None):
     "Sweep the lr from `start_lr` to `end_lr`; plot loss vs lr; return the suggestions of `suggest_funcs`; leave the learner as it was."
     finder = LRFinder(start_lr, end_lr, num_it, stop_div)
+    self._check_data('lr_find')
     n_epoch = math.ceil(num_it / max(len(self.data.train_dl), 1))
     if self.opt is None or not self._opt_fits(): self.create_opt()
     state = {k: getattr(self, k) for k in _fit_state if hasattr(self, k)}
@@ -337,7 +338,7 @@ def lr_find(self:Learner, start_lr=1e-7, end_lr=10, num_it=100, stop_div=True, s
 # %% ../nbs/05_anneal.ipynb #2e6937b0
 class CSVLogger(Callback):
     "The epoch table in the CSV file `fname`, a row per epoch, flushed as written; `append` adds to the file (a resumed fit replaces its own rows)."
-    run_after, run_probe = AvgStatsCallback, False
+    order, run_after, run_probe = 60, AvgStatsCallback, False
     def __init__(self, fname='history.csv', append=False): self.fname, self.append, self.file = Path(fname), append, None
 
     def _kept_rows(self, names):
@@ -369,12 +370,13 @@ class CSVLogger(Callback):
         self.file.flush()
 
     def after_fit(self):
-        if self.file is not None: self.file.close(); self.file = None
+        if self.file is not None: self.file.close()
+        self.file = self.writer = None  # nothing open is left behind: the learner can be exported
 
 # %% ../nbs/05_anneal.ipynb #ef98b8e0
 class TensorBoardCallback(Callback):
     "The training loss and recorded hypers per batch, and each epoch's losses and metrics, as TensorBoard scalars in `log_dir`."
-    run_after, run_probe = [AvgStatsCallback, Recorder], False
+    order, run_after, run_probe = 51, [AvgStatsCallback, Recorder], False
     def __init__(self, log_dir='runs'):
         try: from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:

@@ -9,7 +9,7 @@ __all__ = ['DataLoaders', 'event', 'defaults', 'DataBunch', 'CancelBatchExceptio
            'AvgMetric', 'AvgLoss', 'mk_metric', 'AvgStats', 'AvgStatsCallback']
 
 # %% ../nbs/04_callbacks.ipynb #6c9a4f58
-import contextlib, difflib, numbers, re, time, warnings
+import contextlib, difflib, importlib, numbers, re, time, warnings
 from functools import partial
 from types import SimpleNamespace
 import torch
@@ -18,7 +18,7 @@ import torch.utils.data as tud
 from torch import nn, optim
 from fastcore.basics import patch, camel2snake
 from .core import params, to_detach, _param_groups, _as_tuple, _per_group, _check_spread, _set_hyper
-from .minibatch import DataLoader, Dataset, _dataset, _describe_dl, _first_item, _check_loader
+from .minibatch import DataLoader, Dataset, collate, _dataset, _describe_dl, _first_item, _check_loader
 
 # %% ../nbs/04_callbacks.ipynb #fa0a3e0a
 class DataBunch:
@@ -48,7 +48,13 @@ class DataBunch:
                                          f"predict on more with learn.get_preds(dl=DataLoader(ds, bs)).")
         train_ds, valid_ds = ds
         train_kw, valid_kw = {'shuffle': True, 'drop_last': True, **kwargs}, {'shuffle': False, 'drop_last': False, **kwargs}
-        return cls(DataLoader(train_ds, bs, **train_kw), DataLoader(valid_ds, bs, **valid_kw), c=c, n_inp=n_inp, vocab=vocab)
+        make = _torch_loader if set(kwargs) & _torch_only else DataLoader  # worker processes are PyTorch's DataLoader's
+        return cls(make(train_ds, bs, **train_kw), make(valid_ds, bs, **valid_kw), c=c, n_inp=n_inp, vocab=vocab)
+    @property
+    def bs(self):
+        "The training batch size (fastai's `dls.bs`)."
+        dl = self.train_dl if self.train_dl is not None else self.valid_dl
+        return getattr(dl, 'bs', None) or getattr(dl, 'batch_size', None)
     def one_batch(self):
         "The first training batch, as fastai's `dls.one_batch()`."
         if self.train_dl is None: raise ValueError("one_batch: this DataBunch has no training DataLoader (it was made for prediction).")
@@ -65,6 +71,12 @@ class DataBunch:
     def __repr__(self): return f"DataBunch(train: {_describe_dl(self.train_dl)}, valid: {_describe_dl(self.valid_dl)}, c={self.c})"
 
 DataLoaders = DataBunch
+
+_torch_only = {'num_workers', 'persistent_workers', 'prefetch_factor', 'worker_init_fn', 'multiprocessing_context', 'timeout', 'generator'}
+
+def _torch_loader(ds, bs, **kwargs):
+    "PyTorch's DataLoader of `ds` in batches of `bs`, collated as exp_lib's are: what `from_dsets` makes for options only it has."
+    return tud.DataLoader(ds, batch_size=bs, collate_fn=collate, **kwargs)
 
 # %% ../nbs/04_callbacks.ipynb #63efcf29
 _events = ('after_create before_fit before_epoch before_train before_batch after_pred after_loss before_backward '
@@ -155,7 +167,19 @@ def print_row(items):
     "Default learner logger: one line per row of the epoch table."
     print('  '.join(f'{o:>11}' for o in items))
 
-defaults = SimpleNamespace(opt_func=optim.SGD, lr=0.1, callbacks=[], progress=None, opt_adapters=[])  # later notebooks register theirs
+defaults = SimpleNamespace(
+    lr=1e-3,                                      # fastai's default learning rate
+    opt_func='exp_lib.accel_sgd.Adam',            # chapter 16's Adam, fastai's default optimizer
+    callbacks=('exp_lib.hardware.MoveToDevice', 'exp_lib.anneal.Recorder'),  # on every learner, with TrainEval and AvgStats
+    progress='exp_lib.metrics.ProgressCallback',  # on every learner made with `progress=True`
+    opt_adapters=('exp_lib.accel_sgd._spare_norms_and_biases', 'exp_lib.optim_wrapper._wrap_torch'))  # applied to each new optimizer
+
+def _resolve(o):
+    "`o`, or the object that the dotted name `o` names, imported now with the rest of the library."
+    if not isinstance(o, str): return o
+    importlib.import_module('exp_lib.all')  # every notebook's additions to the Learner (fit_one_cycle, save, ...), whatever was imported
+    mod, name = o.rsplit('.', 1)
+    return getattr(importlib.import_module(mod), name)
 
 def _shape(o): return tuple(o.shape) if hasattr(o, 'shape') else type(o).__name__
 
@@ -167,37 +191,28 @@ def _loss_error(learn, e):
                       f"{', '.join(str(_shape(o)) for o in learn.yb)}: {str(e).rstrip('.')}. Check that the model's output matches the loss "
                       f"(e.g. {getattr(learn.data, 'c', None) or 'c'} class scores per item for cross entropy).")
 
+
 # %% ../nbs/04_callbacks.ipynb #fb68c24b
 class Learner:
-    "Trains `model` on `data` with `loss_func` and an optimizer from `opt_func`; callbacks customise every step."
+    "Trains `model` on `data` with `loss_func` and an optimizer from `opt_func`; callbacks customise every step. Defaults: fastai's, in `defaults`."
     def __init__(self, model, data,
-                 loss_func=F.cross_entropy, # called as `loss_func(pred, *yb)`
-                 opt_func=None,             # `opt_func(param_groups, lr=lr)` makes the optimizer; default `defaults.opt_func`
-                 lr=None,                   # default learning rate (a number, one per group, or a slice); default `defaults.lr`
-                 cbs=None,                  # callbacks (instances or classes) added to the defaults
+                 loss_func=None,            # called as `loss_func(pred, *yb)`; None: cross entropy, for integer class targets only
+                 opt_func=None,             # `opt_func(param_groups, lr=lr)` makes the optimizer; None: `defaults.opt_func`, Adam
+                 lr=None,                   # learning rate (a number, one per group, or a slice); None: `defaults.lr`, 1e-3
+                 cbs=None,                  # callbacks (instances or classes) added to `defaults.callbacks`
                  metrics=None,              # validation metrics: functions `metric(pred, *yb)` averaged over items, or `Metric`s
                  splitter=params,           # model -> parameters, or a list of parameter groups
                  wd=None,                   # weight decay set at every fit (None: the optimizer's own)
                  wd_bn_bias=False,          # decay normalisation layers and biases too (exp_lib optimizers; see 16)
                  train_bn=True,             # normalisation layers keep training in frozen groups
                  moms=(0.95, 0.85, 0.95),   # momentum schedule (start, middle, end) of `fit_one_cycle`
-                 progress=True,             # show progress bars (`ProgressCallback`, from `04a_metrics` on)
+                 progress=True,             # show progress bars (`defaults.progress`)
                  logger=print_row,          # receives the epoch table, one row (a list of strings) at a time
-                 device=None):              # where to train; `exp_lib.hardware` moves model and batches there (None: the best one)
-        if isinstance(model, DataBunch) or isinstance(data, nn.Module):
-            raise TypeError("Learner takes (model, data), in the lesson's order, where fastai's takes (dls, model): swap the first two arguments.")
-        if data is not None and not hasattr(data, 'train_dl'):
-            fix = ('DataBunch(*data)' if isinstance(data, (tuple, list)) else 'DataBunch(*get_dls(train_ds, valid_ds, bs=64))'
-                   if isinstance(data, (Dataset, tud.Dataset)) else 'DataBunch(train_dl, valid_dl)')
-            raise TypeError(f"Learner's data is a DataBunch of the training and validation DataLoaders; got a {type(data).__name__}: "
-                            f"write Learner(model, {fix}).")
-        if not callable(loss_func):
-            raise TypeError(f"loss_func must be a function of (pred, *targets), such as F.cross_entropy or nn.MSELoss(); got {loss_func!r}.")
-        self.model, self.data, self.loss_func, self.splitter, self.logger = model, data, loss_func, splitter, logger
-        self.opt_func, self.device, self.opt = opt_func or defaults.opt_func, device, None
-        if not callable(self.opt_func):
-            raise TypeError(f"opt_func must be a function that makes an optimizer from parameters, such as Adam or torch.optim.AdamW; "
-                            f"got {self.opt_func!r}.")
+                 device=None):              # where to train (`MoveToDevice`; None: the best one this machine has)
+        _check_args(model, data, loss_func, opt_func)
+        self.model, self.data, self.splitter, self.logger, self.device, self.opt = model, data, splitter, logger, device, None
+        self.loss_func, self._default_loss = F.cross_entropy if loss_func is None else loss_func, loss_func is None
+        self.opt_func = _resolve(defaults.opt_func) if opt_func is None else opt_func
         self.lr = _check_spread('lr', defaults.lr if lr is None else lr, 'Learner')
         self.wd = None if wd is None else _check_spread('wd', wd, 'Learner')
         self.wd_bn_bias, self.train_bn, self.moms = wd_bn_bias, train_bn, moms
@@ -205,8 +220,8 @@ class Learner:
         self.n_epoch, self.start_epoch, self.epoch, self.iter, self.n_iter, self.training = 1, 0, 0, 0, 0, False
         self.xb, self.yb, self.pred, self.loss, self.loss_grad = (), (), None, None, None
         self.dl, self._n_inp, self._loss_unchecked = None, None, True
-        self.add_cbs([TrainEvalCallback(), AvgStatsCallback(metrics)] + ([defaults.progress()] if progress and defaults.progress else [])
-                     + [cb() for cb in defaults.callbacks] + _cb_list(cbs))
+        default_cbs = [*defaults.callbacks, *([defaults.progress] if progress else [])]
+        self.add_cbs([TrainEvalCallback(), AvgStatsCallback(metrics)] + [_resolve(cb)() for cb in default_cbs] + _cb_list(cbs))
         self('after_create')
 
     x = property(lambda self: self.xb[0], doc="The first input of the batch")
@@ -217,15 +232,33 @@ class Learner:
     metrics = property(lambda self: self.avg_stats.metrics, lambda self, v: setattr(self.avg_stats, 'metrics', v),
                        doc="The validation metrics (setting them takes effect at the next fit)")
 
+
+# %% ../nbs/04_callbacks.ipynb #5e7a1c30
+def _check_args(model, data, loss_func, opt_func):
+    "Refuse, saying what to write instead, the arguments of a `Learner` that could not train."
+    if isinstance(model, DataBunch) or isinstance(data, nn.Module):
+        raise TypeError("Learner takes (model, data), in the lesson's order, where fastai's takes (dls, model): swap the first two arguments.")
+    if data is not None and not hasattr(data, 'train_dl'):
+        fix = ('DataBunch(*data)' if isinstance(data, (tuple, list)) else 'DataBunch(*get_dls(train_ds, valid_ds, bs=64))'
+               if isinstance(data, (Dataset, tud.Dataset)) else 'DataBunch(train_dl, valid_dl)')
+        raise TypeError(f"Learner's data is a DataBunch of the training and validation DataLoaders; got a {type(data).__name__}: "
+                        f"write Learner(model, {fix}).")
+    if loss_func is not None and not callable(loss_func):
+        raise TypeError(f"loss_func must be a function of (pred, *targets), such as F.cross_entropy or nn.MSELoss(); got {loss_func!r}.")
+    if opt_func is not None and not callable(opt_func):
+        raise TypeError(f"opt_func must be a function that makes an optimizer from parameters, such as Adam or torch.optim.AdamW; "
+                        f"got {opt_func!r}.")
+
+
 # %% ../nbs/04_callbacks.ipynb #b5363fb8
 @patch
 def create_opt(self:Learner):
-    "Make the optimizer for the model's parameters now (then each of `defaults.opt_adapters`); a `partial`'s `lr` becomes `learn.lr`, as in fastai."
+    "Make the optimizer for the model's parameters now, passed through each of `defaults.opt_adapters`; a `partial`'s `lr` becomes `learn.lr`, as in fastai."
     if isinstance(self.opt_func, partial) and 'lr' in self.opt_func.keywords: self.lr = self.opt_func.keywords['lr']
     groups = _param_groups(self.splitter(self.model))
     lrs = _per_group(self.lr, len(groups) if isinstance(groups[0], dict) else 1, 'lr', 'Learner')
     self.opt = self.opt_func(groups, lr=lrs[-1])
-    for adapt in defaults.opt_adapters: self.opt = adapt(self, self.opt)
+    for adapt in defaults.opt_adapters: self.opt = _resolve(adapt)(self, self.opt)
     self.set_hyper('lr', lrs)
     return self.opt
 
@@ -299,15 +332,7 @@ def _do_fit(self:Learner):
 @patch
 def fit(self:Learner, n_epoch=1, lr=None, wd=None, cbs=None, reset_opt=False, start_epoch=0):
     "Train for `n_epoch` epochs from `learn.lr` (or `lr`), from `start_epoch` to resume a schedule; `cbs` are added for this fit only."
-    _check_epochs(n_epoch, start_epoch)
-    if not len(self.data.train_dl):
-        raise ValueError("The training DataLoader yields no batch (its dataset is empty, or drop_last drops the only batch); give it at least bs items.")
-    if self.data.valid_dl is not None and not len(self.data.valid_dl):
-        raise ValueError("The validation DataLoader yields no batch (its dataset is empty), so every valid_loss would be NaN; give it "
-                         "items, or make the DataBunch with valid_dl=None to train without validation.")
-    if not any(p.requires_grad for p in self.model.parameters()):
-        raise ValueError("No parameter of the model trains (each has requires_grad=False, or there are none), so a fit would change "
-                         "nothing; unfreeze some first (learn.unfreeze(), or p.requires_grad_(True)).")
+    self._check_fit(n_epoch, start_epoch)
     if reset_opt or self.opt is None or not self._opt_fits(): self.create_opt()
     wd = self.wd if wd is None else wd
     if wd is not None: self.set_hyper('wd', wd)
@@ -334,6 +359,27 @@ def _check_epochs(n_epoch, start_epoch):
     if start_epoch >= n_epoch: raise ValueError(f"start_epoch={start_epoch} must be below n_epoch={n_epoch}: the fit would have nothing to do.")
 
 @patch
+def _check_data(self:Learner, where='fit'):
+    "Refuse to train a learner without training batches, saying how to give it some."
+    if getattr(self.data, 'train_dl', None) is None:
+        raise ValueError(f"{where}: this learner has no training data (a learner from load_learner has none): give it some first, "
+                         f"learn.dls = DataBunch(train_dl, valid_dl); to predict, use learn.predict(item) or learn.get_preds(dl=...).")
+    if not len(self.data.train_dl):
+        raise ValueError("The training DataLoader yields no batch (its dataset is empty, or drop_last drops the only batch); give it at least bs items.")
+
+@patch
+def _check_fit(self:Learner, n_epoch, start_epoch):
+    "Refuse, before anything runs, a fit that could not train: epochs out of range, no batches, nothing to train."
+    _check_epochs(n_epoch, start_epoch)
+    self._check_data()
+    if self.data.valid_dl is not None and not len(self.data.valid_dl):
+        raise ValueError("The validation DataLoader yields no batch (its dataset is empty), so every valid_loss would be NaN; give it "
+                         "items, or make the DataBunch with valid_dl=None to train without validation.")
+    if not any(p.requires_grad for p in self.model.parameters()):
+        raise ValueError("No parameter of the model trains (each has requires_grad=False, or there are none), so a fit would change "
+                         "nothing; unfreeze some first (learn.unfreeze(), or p.requires_grad_(True)).")
+
+@patch
 def _loss(self:Learner):
     try: return self.loss_func(self.pred, *self.yb)
     except (RuntimeError, ValueError, IndexError) as e: raise _loss_error(self, e) from e
@@ -349,9 +395,21 @@ def _first_pred(self:Learner):
         raise TypeError(f"The inputs are {bad[0]} but the model's parameters are {p.dtype}, and the model cannot mix them. Convert the data "
                         f"(e.g. Dataset(x.float(), y)) or the model (model.to({bad[0]})).") from e
 
+def _check_class_targets(pred, yb):
+    "Refuse targets that the default loss, cross entropy over class labels, would take in silence, naming the loss to pass instead."
+    y = yb[0] if len(yb) == 1 else None
+    if isinstance(y, torch.Tensor) and not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool): return
+    what = (f"{y.dtype} of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else
+            f"{len(yb)} per batch" if len(yb) != 1 else f"of type {type(y).__name__}")
+    multi = isinstance(y, torch.Tensor) and y.shape == getattr(pred, 'shape', None) and bool(((y == 0) | (y == 1)).all())
+    fixes = ["loss_func=nn.BCEWithLogitsLoss() for multi-label (multi-hot) targets", "loss_func=nn.MSELoss() for regression"]
+    raise ValueError(f"This Learner was made without a loss_func, and its default, cross entropy, takes integer class labels; the targets "
+                     f"are {what}. Pass {' or '.join(fixes if multi else fixes[::-1])}, or make class labels integers (y.long()).")
+
 @patch
 def _first_loss(self:Learner):
-    "The loss of the first batch of a fit, with PyTorch's broadcasting warning turned into an error that names both shapes."
+    "The loss of the first batch of a fit, with targets the default loss cannot take refused, and PyTorch's broadcasting warning an error."
+    if self._default_loss and self.loss_func is F.cross_entropy: _check_class_targets(self.pred, self.yb)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         loss = self._loss()
@@ -418,7 +476,7 @@ def _attach(learn, cb):
 def add_cb(self:Learner, cb):
     "Attach callback `cb` (an instance or a class) and expose it as `learn.<cb.name>`."
     if isinstance(cb, type): cb = cb()
-    if not isinstance(cb, Callback): raise TypeError(f"add_cb expects a Callback instance or class, got {cb!r}.")
+    if not (hasattr(type(cb), 'order') and hasattr(type(cb), 'name')): raise TypeError(f"add_cb expects a Callback instance or class, got {cb!r}.")
     if getattr(self, cb.name, None) is not None:
         raise ValueError(f"The learner already has an attribute {cb.name!r} ({getattr(self, cb.name)!r}); remove it before adding {cb!r}.")
     _check_events(cb)
@@ -550,6 +608,7 @@ class AvgMetric(Metric):
     "`func(pred, *yb)` averaged over the items of the phase, each batch weighted by its size."
     def __init__(self, func): self.func = func; self.reset()
     def reset(self): self.vals, self.bns = [], []
+    def __getstate__(self): return {**vars(self), 'vals': [], 'bns': []}  # pickled (exported), a metric is what it computes, not a phase's values
     def _batch_value(self, learn): return _one_number(self.func(to_detach(learn.pred), *learn.yb), self.name)
     def accumulate(self, learn):
         self.vals.append(self._batch_value(learn))

@@ -93,12 +93,15 @@ def load(self:Learner, path, with_opt=True):
     return self
 
 # %% ../nbs/04c_checkpoint.ipynb #63ac2c37
+_batch_state = ('dl', 'xb', 'yb', 'pred', 'loss', 'loss_grad')  # the last batch a fit or a prediction left: data too
+
 @patch
 def export(self:Learner, fname='export.pkl'):
-    "Pickle the learner without its data and optimizer state to `fname`, atomically: `load_learner(fname)` gives a learner that predicts."
+    "Pickle the learner to `fname`, atomically, without its data, its last batch or its optimizer's state: `load_learner(fname)` predicts."
     if rank_distrib(): return Path(fname)
-    keep = {k: getattr(self, k) for k in ('data', 'opt', 'logger')}
+    keep = {k: getattr(self, k) for k in ('data', 'opt', 'logger', *_batch_state)}
     self.data, self.opt, self.logger = self.data.new_empty() if self.data is not None else None, None, print_row
+    self.dl, self.xb, self.yb, self.pred, self.loss, self.loss_grad = None, (), (), None, None, None
     try: return atomic_save(self, fname)
     except (pickle.PicklingError, AttributeError, TypeError) as e:
         raise ValueError(f"export pickles the learner, and part of it cannot be pickled ({e}): a lambda or a function defined inside "
@@ -108,6 +111,7 @@ def export(self:Learner, fname='export.pkl'):
 
 def load_learner(fname, cpu=True):
     "The learner `export` wrote to `fname`, on the CPU if `cpu`. Like any pickle it can run code: load only files you trust."
+    if not Path(fname).is_file(): raise FileNotFoundError(f"No exported learner at {fname} (no such file); check the path, or write one with learn.export(fname).")
     try: learn = torch.load(fname, map_location='cpu' if cpu else None, weights_only=False)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
         raise ValueError(f"{fname} is not a learner written by export: it cannot be read as one ({e}).") from None

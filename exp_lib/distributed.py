@@ -6,7 +6,7 @@
 __all__ = ['ShardSampler', 'num_distrib', 'DistributedTrainer']
 
 # %% ../nbs/18_distributed.ipynb #e9a49722
-import contextlib, copy, gc, os, warnings
+import contextlib, copy, functools, gc, inspect, os, warnings
 from collections import namedtuple
 from datetime import timedelta
 from functools import partial
@@ -185,8 +185,10 @@ def _with_bs(dl, bs):
                               num_workers=dl.num_workers, pin_memory=dl.pin_memory, drop_last=dl.drop_last)
     return None
 
-_lr_find = Learner.lr_find
+_lr_find = inspect.unwrap(Learner.lr_find)  # 05's sweep, also when this cell runs again
+
 @patch
+@functools.wraps(_lr_find, assigned=('__module__', '__name__', '__qualname__'))  # help() and the docs show 05's signature
 def lr_find(self:Learner, *args, **kwargs):
     "Sweep the lr (see `05_anneal`); in a job of several processes, rank 0 sweeps at the job's batch size and every rank gets its suggestions."
     if num_distrib() <= 1 or not dist.is_initialized(): return _lr_find(self, *args, **kwargs)

@@ -14,7 +14,7 @@ from torch.overrides import TorchFunctionMode
 from fastcore.basics import patch
 from .minibatch import DataLoader
 from .core import apply, _check_positive, _state_to_params
-from .callbacks import Callback, Learner, CancelBatchException, CancelStepException, defaults
+from .callbacks import Callback, Learner, CancelBatchException, CancelStepException
 
 # %% ../nbs/17_hardware.ipynb #8e00a988
 def _available(d):
@@ -79,8 +79,6 @@ class MoveToDevice(Callback):
         learn, dev = self.learn, self.learn.device
         if all(isinstance(t, torch.Tensor) and t.device == dev for t in learn.xb + learn.yb): return
         learn.xb, learn.yb = to_device(learn.xb, dev), to_device(learn.yb, dev)
-
-defaults.callbacks = [c for c in defaults.callbacks if c.__name__ != 'MoveToDevice'] + [MoveToDevice]
 
 # %% ../nbs/17_hardware.ipynb #05875f20
 class SyncCounter(TorchFunctionMode):
@@ -179,7 +177,7 @@ def to_fp32(self:Learner):
 # %% ../nbs/17_hardware.ipynb #994516a9
 class GradientAccumulation(Callback):
     "Steps once `n_acc` items have been seen, on the mean gradient of the items since the last step: one step of an `n_acc`-item batch."
-    run_before = MixedPrecision
+    order, run_before = MixedPrecision.order - 4, MixedPrecision
     def __init__(self, n_acc=32): _check_positive('n_acc', n_acc, numbers.Integral); self.n_acc = n_acc
     def before_fit(self):
         self.count = 0
@@ -202,7 +200,7 @@ class GradientAccumulation(Callback):
 # %% ../nbs/17_hardware.ipynb #6d34867d
 class GradientClip(Callback):
     "Rescales the gradients so their total norm is at most `max_norm`, in `before_step`: after accumulation and loss unscaling."
-    run_after = [GradientAccumulation, MixedPrecision]
+    order, run_after = MixedPrecision.order + 1, [GradientAccumulation, MixedPrecision]
     def __init__(self, max_norm=1., norm_type=2.):
         _check_positive('max_norm', max_norm); _check_positive('norm_type', norm_type)
         self.max_norm, self.norm_type = max_norm, norm_type

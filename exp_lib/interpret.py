@@ -9,7 +9,7 @@ __all__ = ['ClassificationInterpretation']
 import math
 import torch
 from fastcore.basics import patch
-from .core import _subplots
+from .core import apply, _subplots
 import exp_lib.predict  # Learner.get_preds, which from_learner calls
 
 # %% ../nbs/19_interpret.ipynb #433473e3
@@ -19,7 +19,7 @@ class ClassificationInterpretation:
         if preds.dim() != 2 or targs is None or targs.is_floating_point() or targs.shape != preds.shape[:1]:
             raise ValueError(f"ClassificationInterpretation needs class scores of shape (n, classes) and integer class targets of shape (n,); "
                              f"got predictions of shape {tuple(preds.shape)} and targets "
-                             f"{'none' if targs is None else f'{targs.dtype} of shape {tuple(targs.shape)}'}. A regression has no confusion matrix.")
+                             f"{'none' if targs is None else f'{targs.dtype} of shape {tuple(targs.shape)}'}. {_why_not(preds, targs)}")
         self.inputs, self.preds, self.targs, self.losses = inputs, preds, targs, losses
         self.vocab = [str(i) for i in range(preds.shape[-1])] if vocab is None else list(vocab)
         if len(self.vocab) != preds.shape[-1]: raise ValueError(f"vocab has {len(self.vocab)} names for {preds.shape[-1]} classes.")
@@ -44,9 +44,33 @@ class ClassificationInterpretation:
         pairs = [(self.vocab[i], self.vocab[j], int(cm[i, j])) for i, j in (cm >= min_val).nonzero().tolist()]
         return sorted(pairs, key=lambda o: -o[2])
 
-    def top_losses(self, k=None):
-        "The `k` largest losses (all if `k` is None), largest first, and the indices of their items."
-        return self.losses.topk(len(self.losses) if k is None else min(k, len(self.losses)))
+    def top_losses(self, k=None, largest=True, items=False):
+        "The `k` largest losses (all if `k` is None; the smallest if not `largest`), in that order, the indices of their items, and (`items`) the items' inputs."
+        losses, idxs = self.losses.topk(len(self.losses) if k is None else min(k, len(self.losses)), largest=largest)
+        return (losses, idxs, apply(lambda t: t[idxs], self.inputs)) if items else (losses, idxs)
+
+    def print_classification_report(self):
+        "Precision, recall, F1 and support of each class, then accuracy and the macro and weighted averages, as scikit-learn prints them."
+        cm = self.confusion_matrix().double()
+        support, tp = cm.sum(1), cm.diag()
+        prec, rec = tp / cm.sum(0).clamp(min=1), tp / support.clamp(min=1)
+        f1 = torch.where(prec + rec > 0, 2 * prec * rec / (prec + rec), torch.zeros_like(tp))
+        w, n = max(12, *map(len, self.vocab)), int(support.sum())
+        line = lambda name, vals, s: f"{name:>{w}} " + ''.join(f"{v:>10.2f}" for v in vals) + f"{s:>10}"
+        rows = [f"{'':>{w}} {'precision':>10}{'recall':>10}{'f1-score':>10}{'support':>10}", '']
+        rows += [line(v, (p, r, f), int(s)) for v, p, r, f, s in zip(self.vocab, prec.tolist(), rec.tolist(), f1.tolist(), support.tolist())]
+        rows += ['', f"{'accuracy':>{w}} {'':>20}{float(tp.sum()) / max(n, 1):>10.2f}{n:>10}",
+                 line('macro avg', [float(v.mean()) for v in (prec, rec, f1)], n),
+                 line('weighted avg', [float((v * support).sum() / max(n, 1)) for v in (prec, rec, f1)], n)]
+        print('\n'.join(rows))
+
+def _why_not(preds, targs):
+    "Why these targets have no confusion matrix: multi-label (a 0/1 per class), a regression, or no targets."
+    if targs is None: return "The DataLoader gave no targets: interpret a labelled one (dl=...)."
+    if targs.shape == preds.shape and targs.is_floating_point() and bool(((targs == 0) | (targs == 1)).all()):
+        return ("These are multi-label targets (a 0 or 1 per class), and a confusion matrix counts one class per item: look at each "
+                "class on its own (its predictions above a threshold against its column of targets).")
+    return "A regression has no confusion matrix."
 
 # %% ../nbs/19_interpret.ipynb #bdf1fc95
 def _show(ax, x):
@@ -59,28 +83,31 @@ def _show(ax, x):
     ax.axis('off')
 
 @patch
-def plot_confusion_matrix(self:ClassificationInterpretation, normalize=False, title='confusion matrix', ax=None, cmap='Blues'):
-    "The confusion matrix as an image with the counts (or, with `normalize`, each actual class's shares) written in."
+def plot_confusion_matrix(self:ClassificationInterpretation, normalize=False, title='Confusion matrix', cmap='Blues',
+                          norm_dec=2,     # decimals of the shares, with `normalize`
+                          plot_txt=True,  # write the counts (or shares) in the cells
+                          ax=None, **kwargs): # where to draw; else a new figure, made with `kwargs` (`figsize`, `dpi`: fastai's)
+    "The confusion matrix as an image with the counts (or, with `normalize`, each actual class's shares) written in; fastai's arguments."
     cm = self.confusion_matrix().float()
     if normalize: cm = cm / cm.sum(1, keepdim=True).clamp(min=1)
     c = len(cm)
-    ax = ax or _subplots(figsize=(0.6 * c + 2, 0.6 * c + 2))[1]
+    ax = ax or _subplots(**{'figsize': (0.6 * c + 2, 0.6 * c + 2), **kwargs})[1]
     ax.imshow(cm.numpy(), cmap=cmap)
     ax.set_xticks(range(c), self.vocab); ax.set_yticks(range(c), self.vocab)
-    for i in range(c):
-        for j in range(c):
-            ax.text(j, i, f'{cm[i, j]:.2f}' if normalize else int(cm[i, j]), ha='center', va='center', fontsize=8,
-                    color='white' if cm[i, j] > cm.max() / 2 else 'black')
+    for i, j in ((i, j) for i in range(c) for j in range(c) if plot_txt):
+        ax.text(j, i, f'{cm[i, j]:.{norm_dec}f}' if normalize else int(cm[i, j]), ha='center', va='center', fontsize=8,
+                color='white' if cm[i, j] > cm.max() / 2 else 'black')
     ax.set_xlabel('predicted'); ax.set_ylabel('actual'); ax.set_title(title)
     return ax
 
 @patch
-def plot_top_losses(self:ClassificationInterpretation, k=9, ncols=3, title='top losses'):
-    "The `k` items with the largest losses, each titled `prediction/actual / loss / probability`."
-    losses, idxs = self.top_losses(k)
+def plot_top_losses(self:ClassificationInterpretation, k=9, largest=True, ncols=3, title='top losses', **kwargs):
+    "The `k` items (or those ranked `k`, a list or range) with the largest losses (smallest if not `largest`), each titled `prediction/actual / loss / probability`; `kwargs` (`figsize`) make the figure."
+    losses, idxs = self.top_losses(None if isinstance(k, (list, tuple, range)) else k, largest)
+    if isinstance(k, (list, tuple, range)): losses, idxs = losses[list(k)], idxs[list(k)]
     inputs = self.inputs[0] if isinstance(self.inputs, (tuple, list)) else self.inputs
     nrows = max(1, math.ceil(len(idxs) / ncols))
-    fig, axs = _subplots(nrows, ncols, figsize=(2.4 * ncols, 2.6 * nrows), squeeze=False)
+    fig, axs = _subplots(nrows, ncols, squeeze=False, **{'figsize': (2.4 * ncols, 2.6 * nrows), **kwargs})
     for ax in axs.flat: ax.axis('off')
     for ax, l, i in zip(axs.flat, losses.tolist(), idxs.tolist()):
         _show(ax, inputs[i])

@@ -15,7 +15,7 @@ from fastprogress.fastprogress import (master_bar, progress_bar, NBMasterBar, NB
                                        ConsoleProgressBar)
 from .core import rank_distrib, to_detach
 from .minibatch import flatten_check, accuracy
-from .callbacks import Callback, Learner, Metric, AvgStatsCallback, defaults, _one_number, _metric_name
+from .callbacks import Callback, Learner, Metric, AvgStatsCallback, _one_number, _metric_name
 
 # %% ../nbs/04a_metrics.ipynb #d85a492a
 _activations = ('no', 'sigmoid', 'softmax', 'binarysoftmax')
@@ -35,6 +35,7 @@ class AccumMetric(Metric):
         self.invert_arg, self.flatten, self.kwargs, self._name = invert_arg, flatten, kwargs, name or _metric_name(func)
         self.reset()
     def reset(self): self.preds, self.targs = [], []
+    def __getstate__(self): return {**vars(self), 'preds': [], 'targs': []}  # exported without a phase's predictions and targets
     def accumulate(self, learn):
         pred = to_detach(learn.pred)
         if self.activation in ('softmax', 'binarysoftmax'):
@@ -89,7 +90,7 @@ def _bar_classes(kind=None):
 
 class ProgressCallback(Callback):
     "fastprogress bars over epochs and batches; the epoch table is written under them."
-    order, run_before = -5, AvgStatsCallback
+    order, run_before = 60, 'AvgStatsCallback'  # fastai's order; it takes the epoch table's logger before the table starts
     def __init__(self, kind=None): self.kind, self.mbar, self.pbar = kind, None, None
     def before_fit(self):
         self.mbar = self.pbar = None
@@ -126,6 +127,3 @@ def no_logging(self:Learner):
     old, self.logger = self.logger, lambda row: None
     try: yield self
     finally: self.logger = old
-
-# %% ../nbs/04a_metrics.ipynb #f052e882
-defaults.progress = ProgressCallback

@@ -10,7 +10,6 @@ import inspect
 from collections.abc import MutableMapping
 import torch
 from .core import _check_hyper, _per_group, _set_hyper, _freeze_groups, _one_group, _state_to_params
-from .callbacks import defaults
 from .accel_sgd import _check_hypers
 
 # %% ../nbs/16b_optim_wrapper.ipynb #ce63cb3f
@@ -94,5 +93,3 @@ class OptimWrapper:
 def _wrap_torch(learn, opt):
     "`opt`, a `torch.optim` optimizer, wrapped in `OptimWrapper`, so that schedules reach it by exp_lib's hyper names; any other as it is."
     return OptimWrapper(opt) if isinstance(opt, torch.optim.Optimizer) else opt
-
-defaults.opt_adapters = [f for f in defaults.opt_adapters if f.__name__ != '_wrap_torch'] + [_wrap_torch]

@@ -10,11 +10,11 @@ import math
 from functools import partial
 import torch
 import torch.nn.functional as F
+import torch.utils.data as tud
 from torch import nn
 from fastcore.basics import patch
 from .core import apply, rng_states, set_rng_states, _plain
-from .minibatch import cross_entropy
-from .minibatch import _check_loader, _first_item
+from .minibatch import DataLoader, Dataset, cross_entropy, _as_tensor, _check_loader, _first_item
 from .callbacks import Callback, Learner, DataBunch, AvgStats, CancelValidException, _fixed_order, _every_item, _loss_name, _opt_kind
 from .metrics import ProgressCallback
 
@@ -34,6 +34,21 @@ def new_empty(self:DataBunch):
     res = DataBunch(None, None, self.c, self.n_inp, self.vocab)
     res._specs = self.item_specs
     return res
+
+class _Inputs(tud.Dataset):
+    "The first `n` parts of each item of `ds`: its inputs, without the targets."
+    def __init__(self, ds, n): self.ds, self.n = ds, n
+    def __len__(self): return len(self.ds)
+    def __getitem__(self, i): return tuple(self.ds[i])[:self.n]
+
+@patch
+def test_dl(self:DataBunch, test_items, with_labels=False, bs=None):
+    "fastai's `test_dl`: a `DataLoader` over `test_items` in order (a dataset, or the inputs as a tensor, array or list) for `get_preds(dl=...)`."
+    if isinstance(test_items, (Dataset, tud.Dataset)): ds = test_items if with_labels else _Inputs(test_items, self.n_inp or 1)
+    elif with_labels: raise ValueError("test_dl: with_labels=True needs a dataset of (inputs, targets) items; a tensor or an array holds inputs only.")
+    else: ds = tud.TensorDataset(_as_tensor(test_items))
+    valid_bs = getattr(self.valid_dl, 'bs', None) or getattr(self.valid_dl, 'batch_size', None)
+    return DataLoader(ds, bs or valid_bs or self.bs or 64)
 
 # %% ../nbs/04b_predict.ipynb #ab2a019b
 _loop_state = ('dl', 'training', 'iter', 'n_iter', 'xb', 'yb', 'pred', 'loss', 'loss_grad', '_n_inp', '_loss_unchecked')

@@ -15,7 +15,7 @@ import exp_lib.checkpoint  # Learner.save and Learner._load_weights, which SaveM
 # %% ../nbs/04d_tracker.ipynb #0b83018c
 class TrackerCallback(Callback):
     "Base of callbacks that follow `monitor`, a per-epoch value of `AvgStatsCallback`, and note when it improves."
-    run_after, run_probe = AvgStatsCallback, False
+    order, run_after, run_probe = 60, AvgStatsCallback, False
     def __init__(self, monitor='valid_loss',
                  comp=None,          # `comp(a, b)` true when `a` is better than `b`; default: lower for a loss or error, else higher
                  min_delta=0.,       # how much better than the best a value must be to count
@@ -35,6 +35,7 @@ class TrackerCallback(Callback):
 
 class SaveModelCallback(TrackerCallback):
     "Save a checkpoint to `path/fname.pt` when `monitor` improves and load the best one after the fit; or save every epoch, or at the end."
+    order = TrackerCallback.order + 1
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., fname='model',
                  every_epoch=False, # save every epoch (or every `every_epoch` epochs) as `fname_<epoch>.pt`, and load nothing
                  at_end=False,      # save once, after the fit, and load nothing
@@ -73,12 +74,14 @@ class _Plateau(TrackerCallback):
 
 class EarlyStoppingCallback(_Plateau):
     "End the fit when `monitor` has not improved for `patience` epochs."
+    order = TrackerCallback.order + 3  # after every callback that records or saves the epoch it ends on
     def plateau(self):
         self.learn.stopped_at = self.learn.epoch
         raise CancelFitException()
 
 class ReduceLROnPlateau(_Plateau):
     "Divide the learning rate of every parameter group by `factor` (down to `min_lr`) when `monitor` has not improved for `patience` epochs."
+    order = TrackerCallback.order + 2
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., patience=1, factor=10., min_lr=0, reset_on_fit=True):
         if not (isinstance(factor, numbers.Real) and math.isfinite(factor) and factor > 1):
             raise ValueError(f"ReduceLROnPlateau: factor divides the lr, so it must be a finite number > 1, got factor={factor!r}.")

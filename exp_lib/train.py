@@ -53,6 +53,7 @@ def _number(kind, ok, want):
 _positive_int = _number(int, lambda v: v > 0, 'a whole number > 0')
 _positive = _number(float, lambda v: v > 0, 'a finite number > 0')
 _non_negative = _number(float, lambda v: v >= 0, 'a finite number >= 0')
+_seed = _number(int, lambda v: 0 <= v < 2**63, 'a whole number from 0 to 2**63 - 1')
 
 def _lr(s): return 'auto' if s == 'auto' else _positive(s)
 
@@ -78,7 +79,8 @@ def build_parser():
     p.add_argument('--accum', type=_positive_int, default=1, metavar='N', help="accumulate the gradients of N batches per step: an effective batch of N*bs (default: 1)")
     p.add_argument('--clip', type=_positive, default=None, metavar='X', help="clip the norm of the gradients to X before each step (default: no clipping)")
     p.add_argument('--nproc', type=_positive_int, default=1, metavar='N', help="train on N local processes (starts torchrun; --bs is per process) (default: 1)")
-    p.add_argument('--seed', type=int, default=42, help="random seed (default: 42)")
+    p.add_argument('--seed', type=_seed, default=42, help="random seed (default: 42)")
+    p.add_argument('--compile', action='store_true', help="step the optimizer as one torch.compile'd pass: faster on large models, after a first step that compiles for seconds (default: eager)")
     p.add_argument('--out', metavar='DIR', default='exp_lib_out', help="folder for plots and tables (default: exp_lib_out)")
     p.add_argument('--no-progress', action='store_true', help="no progress bars, even on a terminal (the epoch table is still printed)")
     p.add_argument('--save', metavar='PATH', help="write a checkpoint (model, optimizer, RNG) that Learner.load reads back")
@@ -91,28 +93,35 @@ def build_parser():
 # %% ../nbs/20_train.ipynb #ca6f654a
 class _UsageError(Exception): pass
 
-def _probe(folder, what, option):
-    "Make `folder` and check that a file can be written in it; a `_UsageError` naming `option` otherwise."
+def _probe(folder, what, option, made):
+    "Make `folder` (adding the folders it makes to `made`) and check that a file can be written in it; a `_UsageError` naming `option` otherwise."
+    made += [a for a in (folder, *folder.parents) if not os.path.lexists(a)]
     try: ensure_folder(folder, what)
     except OSError as e: raise _UsageError(f"{option}: {e} Pass {option} a path you can write to.") from None
     probe = folder/f'.exp_lib_write_test.{os.getpid()}'
     try: probe.write_text(''); probe.unlink()
     except OSError as e: raise _UsageError(f"{option}: cannot write {what} in {folder} ({e.strerror or e}). Pass {option} a path you can write to.") from None
 
-def _out_dir(path):
-    out = Path(path)
-    _probe(out, 'the plots and tables', '--out')
-    return out
+def _remove_made(made):
+    "Remove the folders a refused run made, deepest first, those still empty: a run refused for a bad option leaves nothing behind."
+    for d in sorted(set(made), key=lambda d: len(d.parts), reverse=True):
+        try: d.rmdir()
+        except OSError: pass
 
-def _ckpt_path(path, option):
-    p = Path(path)
-    if p.is_dir(): raise _UsageError(f"{option} {p} is a folder; give the checkpoint's file name, e.g. {p/'model.pt'}")
-    _probe(p.parent, f'the checkpoint {p.name}', option)
-    return p
-
-def _log_dir(path):
-    out = Path(path)
-    _probe(out, 'the TensorBoard logs', '--tensorboard')
+def _out_paths(args, made):
+    "Make the folders the run writes in (`--out`, the checkpoints', `--tensorboard`) and check each can be written; paths as `Path`s."
+    out = Path(args.out)
+    _probe(out, 'the plots and tables', '--out', made)
+    for opt in ('save', 'checkpoint_every_epoch'):
+        p, option = getattr(args, opt), '--' + opt.replace('_', '-')
+        if p is None: continue
+        p = Path(p)
+        if p.is_dir(): raise _UsageError(f"{option} {p} is a folder; give the checkpoint's file name, e.g. {p/'model.pt'}")
+        _probe(p.parent, f'the checkpoint {p.name}', option, made)
+        setattr(args, opt, p)
+    if args.tensorboard:
+        args.tensorboard = Path(args.tensorboard)
+        _probe(args.tensorboard, 'the TensorBoard logs', '--tensorboard', made)
     return out
 
 def _tensorboard(log_dir):
@@ -129,6 +138,17 @@ def _check_gpus(nproc, device):
     if device.type == 'cuda' and nproc > n:
         raise _UsageError(f"--nproc {nproc} starts one process per GPU, and this machine has {n} GPU(s); use --nproc {n} or fewer, "
                           f"or --device cpu to train {nproc} processes on the CPU")
+
+def _check_batch(args, data):
+    "Refuse a batch (over all the processes) larger than the training set; warn when CPU processes outnumber the cores they share."
+    n = len(data.train_ds)
+    if args.nproc * args.bs > n:
+        each = f"{args.nproc} processes of --bs {args.bs} make a batch of {args.nproc * args.bs:,} items" if args.nproc > 1 else f"--bs {args.bs} is"
+        raise _UsageError(f"{each}, more than the {n:,} training items: an epoch would be one short step. Use a smaller --bs"
+                          + (" or fewer processes" if args.nproc > 1 else ""))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    if args.device.type == 'cpu' and args.nproc > cores:
+        print(f"exp_lib_train: warning: {args.nproc} processes share {cores} cores, taking turns on them: slower than --nproc {cores}", file=sys.stderr)
 
 def _load_data(path, bs):
     try: x_train, y_train, x_valid, y_valid = get_mnist(path)
@@ -155,7 +175,8 @@ def _check_trained(learn, what=''):
                         f"training diverged without reaching NaN. Try a lower --lr (it was {learn.lr:g}).")
 
 def _learner_for(args, data, opt_func, lr, cbs=(), **kwargs):
-    "A learner for `args`: the model, device, precision, accumulation and clipping they ask for, stopping on a NaN loss."
+    "A learner for `args`: the model, device, precision, accumulation, clipping and compiled step they ask for, stopping on a NaN loss."
+    if args.compile: opt_func = partial(opt_func, compile=True)
     cbs = [TerminateOnNaNCallback()] + ([GradientAccumulation(args.accum * args.bs)] if args.accum > 1 else []) + list(cbs)
     cbs += [GradientClip(args.clip)] if args.clip else []
     learn = Learner(make_model(args.arch), data, opt_func=opt_func, lr=lr, metrics=[accuracy], device=args.device, cbs=cbs, **kwargs)
@@ -202,8 +223,8 @@ def _train(learn, args, out, meta):
     if args.resume:
         learn.load(args.resume)
         learn.lr, start = meta['lr_used'], learn.epochs_done
-        if start >= args.epochs: raise _UsageError(f"the checkpoint {args.resume} already holds all {args.epochs} epochs; there is nothing to resume")
-        if rank0: print(f"resuming from {args.resume} after epoch {start - 1}")
+        if rank0: print(f"resuming from {args.resume} after epoch {start - 1}" if start < args.epochs else
+                        f"the run in {args.resume} trained all its {args.epochs} epochs: writing what it had still to write")
     elif args.lr == 'auto':
         fig, ax = _subplots(figsize=(6, 4))
         learn.lr = learn.lr_find(ax=ax, show_plot=rank0).valley
@@ -214,7 +235,8 @@ def _train(learn, args, out, meta):
     elif args.lr is not None: learn.lr = args.lr
     meta['lr_used'] = learn.lr
     if args.wd is not None: learn.wd = args.wd
-    learn.fit_one_cycle(args.epochs, start_epoch=start) if args.sched == 'one_cycle' else learn.fit(args.epochs, start_epoch=start)
+    if start < args.epochs:
+        learn.fit_one_cycle(args.epochs, start_epoch=start) if args.sched == 'one_cycle' else learn.fit(args.epochs, start_epoch=start)
     _check_trained(learn)
     if not rank0: return []
     what = f"{args.arch}, {args.opt}, lr {learn.lr:.3g}, {args.epochs} epochs" + (f", {num_distrib()} processes" if num_distrib() > 1 else '')
@@ -324,25 +346,26 @@ def main(argv=None):
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGTERM, _raise_stopped)
     if 'LOCAL_RANK' in os.environ: _die_with_parent()
+    made = []  # the folders this run makes: a run refused for a bad option removes them again
     try:
         for opt in ('save', 'checkpoint_every_epoch', 'resume', 'tensorboard'):
             if args.compare and getattr(args, opt):
                 raise _UsageError(f"--{opt.replace('_', '-')} is for one run; --compare trains several: drop one of them")
         if args.compare and args.nproc > 1: raise _UsageError("--nproc is for one run; --compare trains several: drop one of them")
-        out = _out_dir(args.out)
-        if args.save: args.save = _ckpt_path(args.save, '--save')
-        if args.checkpoint_every_epoch: args.checkpoint_every_epoch = _ckpt_path(args.checkpoint_every_epoch, '--checkpoint-every-epoch')
-        if args.tensorboard: args.tensorboard = _log_dir(args.tensorboard)
         args.device = _device(args.device)
         if args.nproc > 1: _check_gpus(args.nproc, args.device)
         data = _load_data(args.data, args.bs)
+        if 'LOCAL_RANK' not in os.environ: _check_batch(args, data)  # once, before the processes start
         if args.resume: _resume_from(args)
+        if args.tensorboard: _tensorboard(args.tensorboard)  # the package is there
+        out = _out_paths(args, made)
         if args.nproc > 1 and 'LOCAL_RANK' not in os.environ: return _launch(args, argv)
         if args.compare: _, written = run_compare(args, data, out)
         else:
             learn, written = train_once(args, data, out)
             if rank0: print(f"final validation accuracy: {learn.avg_stats.history[-1]['accuracy']:.4f}")
     except _UsageError as e:
+        _remove_made(made)
         if rank0: print(f"exp_lib_train: error: {e}", file=sys.stderr)
         return 2
     except _Diverged as e:

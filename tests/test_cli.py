@@ -129,7 +129,7 @@ class KillAfter(Callback):
     order = 1000
     def after_epoch(self):
         if self.learn.epoch == int(sys.argv[1]): os.kill(os.getpid(), signal.SIGKILL)
-defaults.callbacks.append(KillAfter)
+defaults.callbacks += (KillAfter,)
 sys.exit(exp_lib.train.main(sys.argv[2:]))
 """
 

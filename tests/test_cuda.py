@@ -275,7 +275,7 @@ def test_optimizers_match_torch_optim_on_the_gpu(ours, theirs, flat):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 5)).cuda()
         opt = make([{'params': list(model[0].parameters()), 'lr': 0.01}, {'params': list(model[2].parameters()), 'lr': 0.003}])
-        if hasattr(opt, 'flat'): opt.flat, opt.compile = bool(flat), (flat == 'compiled') or None  # compiled: every part, however small
+        if hasattr(opt, 'flat'): opt.flat, opt.compile = bool(flat), flat == 'compiled'  # compiled: every part, however small
         g = torch.Generator('cuda').manual_seed(1)
         for _ in range(30):
             nn.functional.cross_entropy(model(torch.randn(16, 20, device='cuda', generator=g)), torch.randint(0, 5, (16,), device='cuda', generator=g)).backward()
