@@ -337,9 +337,9 @@ def lr_find(self:Learner, start_lr=1e-7, end_lr=10, num_it=100, stop_div=True, s
 
 # %% ../nbs/05_anneal.ipynb #2e6937b0
 class CSVLogger(Callback):
-    "The epoch table in the CSV file `fname`, a row per epoch, flushed as written; `append` adds to the file (a resumed fit replaces its own rows)."
+    "The epoch table in the CSV file `fname`, written anew (atomically) at every epoch; `append` adds to the file (a resumed fit replaces its own rows)."
     order, run_after, run_probe = 60, AvgStatsCallback, False
-    def __init__(self, fname='history.csv', append=False): self.fname, self.append, self.file = Path(fname), append, None
+    def __init__(self, fname='history.csv', append=False): self.fname, self.append, self.rows = Path(fname), append, None
 
     def _kept_rows(self, names):
         "The rows of the existing file this fit keeps, once its columns are checked: all, but those a resumed fit runs again."
@@ -354,24 +354,24 @@ class CSVLogger(Callback):
         while last > 0 and int(rows[last - 1][0]) < int(rows[last][0]): last -= 1
         return rows[:max(last, 0)] + [r for r in rows[max(last, 0):] if int(r[0]) < self.learn.start_epoch]
 
+    def _write(self):
+        table = io.StringIO()
+        csv.writer(table).writerows(self.rows)
+        atomic_write(self.fname, lambda f: f.write(table.getvalue().encode()), f"CSVLogger's table {self.fname}")
+
     def before_fit(self):
         if rank_distrib(): return
         names = self.learn.avg_stats.names
-        table = io.StringIO()
-        csv.writer(table).writerows([names] + self._kept_rows(names))
-        atomic_write(self.fname, lambda f: f.write(table.getvalue().encode()), f"CSVLogger's table {self.fname}")
-        self.file = open(self.fname, 'a', newline='')
-        self.writer = csv.writer(self.file)
+        self.rows = [names] + self._kept_rows(names)
+        self._write()
 
     def after_epoch(self):
-        if self.file is None: return
+        if self.rows is None: return
         stats = self.learn.avg_stats
-        self.writer.writerow(stats.format(stats.history[-1]))
-        self.file.flush()
+        self.rows.append(stats.format(stats.history[-1]))
+        self._write()
 
-    def after_fit(self):
-        if self.file is not None: self.file.close()
-        self.file = self.writer = None  # nothing open is left behind: the learner can be exported
+    def after_fit(self): self.rows = None
 
 # %% ../nbs/05_anneal.ipynb #ef98b8e0
 class TensorBoardCallback(Callback):

@@ -6,7 +6,7 @@
 __all__ = ['checkpoint_meta', 'load_learner']
 
 # %% ../nbs/04c_checkpoint.ipynb #56f29c77
-import pickle, warnings
+import hashlib, io, pickle, warnings
 from pathlib import Path
 import torch
 from fastcore.basics import patch
@@ -15,7 +15,22 @@ from .callbacks import Callback, Learner, print_row, _opt_kind
 import exp_lib.predict  # DataBunch.new_empty, which export calls
 
 # %% ../nbs/04c_checkpoint.ipynb #213d9f6e
-_CKPT_FORMAT = 'exp_lib checkpoint 1'
+_CKPT_FORMAT = 'exp_lib checkpoint 2'  # 2: with the checksum of its contents
+
+def _digest(o, h=None):
+    "The SHA-256 of the contents of `o`: tensors (dtype, shape, bytes) and plain values, nested in dicts, lists and tuples."
+    top, h = h is None, h or hashlib.sha256()
+    if isinstance(o, torch.Tensor):
+        t = o.detach().cpu().contiguous()
+        h.update(f'T{t.dtype}{tuple(t.shape)}'.encode()); h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(o, dict):
+        h.update(f'D{len(o)}'.encode())
+        for k in sorted(o, key=repr): _digest(k, h); _digest(o[k], h)
+    elif isinstance(o, (list, tuple)):
+        h.update(f'{type(o).__name__}{len(o)}'.encode())
+        for v in o: _digest(v, h)
+    else: h.update(f'{type(o).__name__}:{o!r};'.encode())
+    return h.hexdigest() if top else h
 
 def _cb_states(learn): return {cb.name: cb.state_dict() for cb in learn.cbs if hasattr(type(cb), 'state_dict')}
 
@@ -24,10 +39,10 @@ def save(self:Learner, path, with_opt=True, meta=None):
     "Save model, optimizer (if `with_opt`), epochs done, callback and RNG states, and `meta` (a dict of plain values) to `path`, atomically."
     if rank_distrib(): return Path(path)
     with_opt = with_opt and self.opt is not None
-    return atomic_save({'format': _CKPT_FORMAT, 'meta': dict(meta or {}), 'model': _plain(self.model).state_dict(),
-                        'opt': self.opt.state_dict() if with_opt else None, 'opt_kind': _opt_kind(self.opt) if with_opt else None,
-                        'epochs_done': getattr(self, 'epochs_done', 0), 'cbs': _cb_states(self),
-                        'rng': rng_states()}, path)
+    ckpt = {'format': _CKPT_FORMAT, 'meta': dict(meta or {}), 'model': _plain(self.model).state_dict(),
+            'opt': self.opt.state_dict() if with_opt else None, 'opt_kind': _opt_kind(self.opt) if with_opt else None,
+            'epochs_done': getattr(self, 'epochs_done', 0), 'cbs': _cb_states(self), 'rng': rng_states()}
+    return atomic_save({**ckpt, 'sha256': _digest(ckpt)}, path)
 
 # %% ../nbs/04c_checkpoint.ipynb #2220714a
 def _check_fits(model, sd, path):
@@ -54,8 +69,13 @@ def _read_checkpoint(path):
                              f"checkpoint never does; exp_lib does not load them.") from None
         raise ValueError(f"{path} is not an exp_lib checkpoint: it is not a complete file written by torch.save (it may be cut short, "
                          f"or another kind of file).") from None
-    if not isinstance(ckpt, dict) or ckpt.get('format') != _CKPT_FORMAT:
+    if not isinstance(ckpt, dict) or ckpt.get('format') not in (_CKPT_FORMAT, 'exp_lib checkpoint 1'):
         raise ValueError(f"{path} is not an exp_lib checkpoint (no '{_CKPT_FORMAT}' marker); it may hold bare weights: use model.load_state_dict(torch.load(path)).")
+    if ckpt['format'] != _CKPT_FORMAT:
+        warnings.warn(f"{path} was written before checkpoints carried a checksum: its contents cannot be checked. Save it again to add one.")
+    elif ckpt.pop('sha256', None) != _digest(ckpt):
+        raise ValueError(f"{path} is corrupt: its contents differ from what was saved (their checksum does not match; a damaged disk, "
+                         f"or a copy cut short?). Nothing was loaded; load an earlier checkpoint.")
     return ckpt
 
 def checkpoint_meta(path):
@@ -102,19 +122,36 @@ def export(self:Learner, fname='export.pkl'):
     keep = {k: getattr(self, k) for k in ('data', 'opt', 'logger', *_batch_state)}
     self.data, self.opt, self.logger = self.data.new_empty() if self.data is not None else None, None, print_row
     self.dl, self.xb, self.yb, self.pred, self.loss, self.loss_grad = None, (), (), None, None, None
-    try: return atomic_save(self, fname)
+    buf = io.BytesIO()
+    try: torch.save(self, buf)
     except (pickle.PicklingError, AttributeError, TypeError) as e:
         raise ValueError(f"export pickles the learner, and part of it cannot be pickled ({e}): a lambda or a function defined inside "
                          f"another one (a loss, a metric, a callback's attribute). Define it at the top level of a module.") from None
     finally:
         for k, v in keep.items(): setattr(self, k, v)
+    pickled = buf.getvalue()
+    return atomic_save({'format': _EXPORT_FORMAT, 'sha256': hashlib.sha256(pickled).hexdigest(),
+                        'learner': torch.frombuffer(bytearray(pickled), dtype=torch.uint8)}, fname)
 
-def load_learner(fname, cpu=True):
+_EXPORT_FORMAT = 'exp_lib export 1'  # the pickled learner as bytes, beside their checksum: a damaged file is found before it is unpickled
+
+def load_learner(fname, cpu=True,
+                 trusted=False): # you trust the file: no warning that unpickling it can run code
     "The learner `export` wrote to `fname`, on the CPU if `cpu`. Like any pickle it can run code: load only files you trust."
-    if not Path(fname).is_file(): raise FileNotFoundError(f"No exported learner at {fname} (no such file); check the path, or write one with learn.export(fname).")
-    try: learn = torch.load(fname, map_location='cpu' if cpu else None, weights_only=False)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise ValueError(f"{fname} is not a learner written by export: it cannot be read as one ({e}).") from None
+    fname = Path(fname)
+    if not fname.is_file(): raise FileNotFoundError(f"No exported learner at {fname} (no such file); check the path, or write one with learn.export(fname).")
+    if not trusted: warnings.warn(f"load_learner unpickles {fname}, and unpickling can run any code the file holds: load only files you trust "
+                                  "(trusted=True says you do). To load weights alone, learn.load(path) runs none.", stacklevel=2)
+    try: box = torch.load(fname, map_location='cpu', weights_only=True)  # runs no code: tensors and plain values only
+    except Exception as e: raise ValueError(f"{fname} is not a learner written by export: it cannot be read as one ({type(e).__name__}).") from None
+    if not isinstance(box, dict) or box.get('format') != _EXPORT_FORMAT:
+        raise ValueError(f"{fname} is not a learner written by export (no '{_EXPORT_FORMAT}' marker; an export of an older exp_lib must be made again).")
+    pickled = box['learner'].numpy().tobytes()
+    if hashlib.sha256(pickled).hexdigest() != box.get('sha256'):
+        raise ValueError(f"{fname} is corrupt: its bytes differ from what export wrote (their checksum does not match); export the learner again.")
+    try: learn = torch.load(io.BytesIO(pickled), map_location='cpu' if cpu else None, weights_only=False)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"{fname} holds a learner that needs code this Python cannot find ({e}): import or define it before load_learner.") from None
     if not isinstance(learn, Learner): raise ValueError(f"{fname} does not hold a Learner written by export, but a {type(learn).__name__}.")
     if cpu: learn.device = torch.device('cpu')
     return learn

@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['params', 'trainable_params', 'norm_bias_params', 'apply', 'to_detach', 'rng_states', 'set_rng_states', 'rank_distrib',
-           'ensure_folder', 'atomic_write', 'atomic_save']
+           'ensure_folder', 'remove_stale_tmps', 'atomic_write', 'atomic_save']
 
 # %% ../nbs/01_core.ipynb #2eb806ad
-import math, numbers, os, random
+import errno, glob, math, numbers, os, random
 from functools import partial
 from pathlib import Path
 import torch
@@ -169,19 +169,54 @@ def _fsync_folder(folder):
     try: os.fsync(fd)
     finally: os.close(fd)
 
+class _Recorded:
+    "A binary file that keeps the error of a failed write: `torch.save` reports one as an error of its own ('unexpected pos'), without the cause."
+    def __init__(self, f): self.f, self.error = f, None
+    def write(self, b):
+        try: return self.f.write(b)
+        except OSError as e: self.error = e; raise
+    def __getattr__(self, k): return getattr(self.f, k)
+
+def _alive(pid):
+    "Whether process `pid` runs (where that cannot be asked without harm, as on Windows: assume it does)."
+    if os.name == 'nt': return True
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except OSError: return True
+    return True
+
+def remove_stale_tmps(folder, name='*'):
+    "Remove the temporary files `atomic_write` left in `folder` (for the file `name`, or any) when its process was killed writing them."
+    for f in Path(folder).glob(f".{glob.escape(name) if name != '*' else '*'}.*.tmp"):
+        pid = f.name.rsplit('.', 2)[-2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)): f.unlink(missing_ok=True)
+
+def _cannot_write(what, e):
+    "The `OSError` that says why `what` could not be written: a full disk in so many words."
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+    res = OSError(f"Cannot write {what}: " + ("the disk is full (no space left on the device); free some space, or write elsewhere." if full
+                                            else f"{e.strerror or e}. Write to a folder you can write to."))
+    res.errno = e.errno
+    return res
+
 def atomic_write(path, write, what=None):
     "Write `path` by `write(f)` into a temporary binary file beside it, synced to disk, then renamed over `path`, whose folder is synced too."
     path, what = Path(path), what or path
     ensure_folder(path.parent, what)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    remove_stale_tmps(path.parent, path.name)
+    tmp, f = path.with_name(f'.{path.name}.{os.getpid()}.tmp'), None
     try:
-        with open(tmp, 'wb') as f:
+        with open(tmp, 'wb') as raw:
+            f = _Recorded(raw)
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            raw.flush()
+            os.fsync(raw.fileno())
         os.replace(tmp, path)
         _fsync_folder(path.parent)
-    except OSError as e: raise OSError(f"Cannot write {what}: {e.strerror or e}. Write to a folder you can write to.") from None
+    except Exception as e:
+        cause = f.error if f is not None and f.error is not None else e
+        if not isinstance(cause, OSError): raise
+        raise _cannot_write(what, cause) from None
     finally:
         if tmp.exists(): tmp.unlink()
     return path

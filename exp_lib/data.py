@@ -6,7 +6,7 @@
 __all__ = ['read_idx', 'read_pkl', 'split_stratified', 'get_mnist']
 
 # %% ../nbs/00_data.ipynb #1d6bf03a
-import gzip, hashlib, importlib.metadata, os, pickle, struct, warnings
+import gzip, hashlib, importlib.metadata, io, os, pickle, struct, warnings
 from pathlib import Path
 import numpy as np
 import torch
@@ -46,11 +46,26 @@ def _check_pair(fn, name, x, y):
     if len(y) and (y.min() < 0 or y.max() > 9): raise ValueError(f"{fn}: {name} labels run from {y.min()} to {y.max()}; expected 0..9.")
     return x, y.astype(np.int64)
 
+_array_globals = {'_reconstruct': np.zeros(0).__reduce__()[0], 'scalar': np.float32(0).__reduce__()[0]}  # numpy 1's and 2's alike
+
+class _Forbidden(pickle.UnpicklingError): pass
+
+class _ArraysOnly(pickle.Unpickler):
+    "An unpickler that builds numpy arrays and nothing else: any other global it is asked for is refused before it runs."
+    def find_class(self, module, name):
+        if module in ('numpy.core.multiarray', 'numpy._core.multiarray') and name in _array_globals: return _array_globals[name]
+        if (module, name) in {('numpy', 'ndarray'), ('numpy', 'dtype'), ('_codecs', 'encode'), ('__builtin__', 'bytes'), ('builtins', 'bytes')}:
+            return super().find_class(module, name)  # the bytes of an array's data (empty ones, in protocol 2: a call of `bytes`)
+        raise _Forbidden(f"{module}.{name}")
+
 def read_pkl(fn):
-    "Read the course's `mnist.pkl.gz`: returns `x_train, y_train, x_valid, y_valid` as numpy arrays."
-    try: data = pickle.loads(_read_gz(fn), encoding='latin-1')
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError) as e:
-        raise ValueError(f"{fn} does not hold a pickled MNIST tuple ({e}).") from e
+    "Read the course's `mnist.pkl.gz`, numpy arrays and nothing else: returns `x_train, y_train, x_valid, y_valid`."
+    try: data = _ArraysOnly(io.BytesIO(_read_gz(fn)), encoding='latin-1').load()
+    except _Forbidden as e:
+        raise ValueError(f"{fn} is not the course's MNIST pickle: it asks to run {e}, which building numpy arrays never needs, "
+                         f"so it was not loaded. Use the course's mnist.pkl.gz or the four MNIST IDX files.") from None
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError, ValueError) as e:
+        raise ValueError(f"{fn} does not hold a pickled MNIST tuple ({e}).") from None
     if not isinstance(data, (tuple, list)) or len(data) < 2 or any(len(o) != 2 for o in data[:2]):
         raise ValueError(f"{fn} holds a {type(data).__name__}; expected ((x_train, y_train), (x_valid, y_valid), ...).")
     (xt, yt), (xv, yv) = _check_pair(fn, 'train', *data[0]), _check_pair(fn, 'valid', *data[1])

@@ -179,11 +179,17 @@ class _Structure(TorchFunctionMode):
 
 # %% ../nbs/16a_flat.ipynb #a48ccd26
 def _agree(a, b, before=None):
-    "Whether `a` (computed on a flat buffer) is `b` (tensor by tensor): equal numbers, or tensors within 1e-3 of `b`'s change from `before`, or of float rounding."
-    if not isinstance(b, torch.Tensor): return not isinstance(a, torch.Tensor) and a == b
+    """Whether `a` (computed on a flat buffer) is `b` (tensor by tensor): equal numbers, or tensors with NaN and infinities in the same places
+    (a gradient of NaN or 1e38 steps as IEEE arithmetic says, as torch.optim's do) and the rest within 1e-3 of `b`'s change from `before`,
+    or of float rounding."""
+    if not isinstance(b, torch.Tensor): return not isinstance(a, torch.Tensor) and (a == b or a != a and b != b)
     if not isinstance(a, torch.Tensor) or a.shape != b.shape or a.dtype != b.dtype: return False
     if not b.is_floating_point() or not b.numel(): return torch.equal(a, b)
-    change = (b - (0 if before is None else before)).abs().max()
+    ok = b.isfinite()
+    if not torch.equal(a.isfinite(), ok) or not torch.equal(a[~ok].nan_to_num(), b[~ok].nan_to_num()): return False
+    if not ok.any(): return True
+    a, b, before = a[ok], b[ok], None if before is None else before[ok]
+    change = (b - (0 if before is None else before)).abs().nan_to_num(nan=0., posinf=0.).max()
     return torch.allclose(a, b, rtol=0, atol=float(1e-3 * change + 4 * torch.finfo(b.dtype).eps * b.abs().max()))
 
 def _rng_state(device): return torch.cuda.get_rng_state(device) if device.type == 'cuda' else torch.get_rng_state()

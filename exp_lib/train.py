@@ -6,15 +6,17 @@
 __all__ = ['make_model', 'build_parser', 'train_once', 'write_table', 'run_compare', 'main']
 
 # %% ../nbs/20_train.ipynb #5ad6f865
-import argparse, csv, ctypes, math, os, signal, subprocess, sys, threading
+import argparse, contextlib, csv, ctypes, io, math, os, shutil, signal, subprocess, sys, tempfile, threading
 import psutil
+try: import fcntl
+except ImportError: fcntl = None  # Windows: runs are not locked
 from functools import partial
 from pathlib import Path
 import torch
 from torch import nn
 from .data import get_mnist
 from .minibatch import Dataset, accuracy, get_dls
-from .core import rank_distrib, ensure_folder, _subplots, _pyplot
+from .core import rank_distrib, ensure_folder, atomic_write, remove_stale_tmps, _subplots, _pyplot
 from .callbacks import Callback, DataBunch, Learner, AvgStatsCallback
 from .checkpoint import checkpoint_meta
 from .anneal import CSVLogger, TensorBoardCallback
@@ -153,22 +155,66 @@ def _check_batch(args, data):
 def _load_data(path, bs):
     try: x_train, y_train, x_valid, y_valid = get_mnist(path)
     except (FileNotFoundError, ValueError) as e: raise _UsageError(str(e)) from None
+    for name, x in (('training', x_train), ('validation', x_valid)):
+        if not len(x): raise _UsageError(f"the {name} set of {path or 'the data'} holds no item; give a file with {name} images")
+        bad = (~torch.isfinite(x)).any(1).nonzero()
+        if len(bad): raise _UsageError(f"the {name} images of {path} hold NaN or infinite values (image {int(bad[0])} first): clean the file")
+        if x.abs().max() > 255: raise _UsageError(f"the {name} images of {path} reach {float(x.abs().max()):.3g}, where MNIST's pixels lie in [0, 1] "
+                                                  "(the course's file) or 0 to 255: a file scaled otherwise trains to nonsense")
     return DataBunch(*get_dls(Dataset(x_train, y_train), Dataset(x_valid, y_valid), bs), c=10)
 
 def _savefig(fig, path):
-    fig.savefig(path, dpi=100, bbox_inches='tight')
-    _pyplot().close(fig)
-    return path
+    "Write `fig` to `path` as a PNG, atomically (a run killed while plotting leaves the last run's plot whole), and close it."
+    try: return atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=100, bbox_inches='tight'), f"the plot {path}")
+    finally: _pyplot().close(fig)
+
+class _Lock:
+    "An exclusive lock on the file `path` while this process holds it: the system drops it when the process ends, however it ends."
+    def __init__(self, path, what): self.path, self.what, self.fd = Path(path), what, None
+    def __enter__(self):
+        while fcntl is not None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = os.read(fd, 20).decode(errors='replace').strip() or 'unknown'
+                os.close(fd)
+                raise _UsageError(f"{self.what} is in use by another exp_lib_train run (PID {pid}): wait for it to end, or choose another") from None
+            try: same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError: same = False
+            if same: break
+            os.close(fd)  # the run that held it removed the file as it ended: lock the file there now
+        if fcntl is not None: os.ftruncate(fd, 0); os.write(fd, f'{os.getpid()}\n'.encode()); self.fd = fd
+        return self
+    def __exit__(self, *exc):
+        if self.fd is None: return
+        self.path.unlink(missing_ok=True)
+        os.close(self.fd)
+
+def _take_locks(args, out, stack):
+    "Lock, for this run's lifetime, its --out folder and each checkpoint it reads or writes; and clear what a killed run left half-written there."
+    if os.environ.get('EXP_LIB_TRAIN_LOCKED') or rank_distrib(): return  # the command that started these processes holds them
+    locks = {out.resolve()/'.exp_lib_train.lock': f"--out {out}"}
+    for opt in ('resume', 'checkpoint_every_epoch', 'save'):
+        p = getattr(args, opt)
+        if p: locks.setdefault(Path(p).resolve().with_name(f'.{Path(p).name}.lock'), f"--{opt.replace('_', '-')} {p}")
+    for path, what in sorted(locks.items()): stack.enter_context(_Lock(path, what))
+    for folder in {p.parent for p in locks}: remove_stale_tmps(folder)
 
 # %% ../nbs/20_train.ipynb #22ef73a6
 class _Diverged(Exception): pass
 
-def _check_trained(learn, what=''):
-    "Raise `_Diverged` if the training loss became NaN, or rose far above its minimum (4x, and above where it began, as lr_find judges)."
-    if getattr(learn, 'nan_at', None) is not None:
-        epoch, batch = learn.nan_at
-        raise _Diverged(f"the training loss{what} became NaN or infinite at epoch {epoch}, batch {batch}; "
-                        f"training stopped there. Try a lower --lr (it was {learn.lr:g}).")
+def _check_trained(learn, what='', resumed=False):
+    "Raise `_Diverged` if a loss became NaN or infinite, saying why (the data, or the learning rate), or the training loss rose far above its minimum."
+    nf = getattr(learn, 'non_finite', None)
+    if nf is not None:
+        at = f"epoch {nf.epoch}, batch {nf.batch} of the {nf.phase} set"
+        stop = "training stopped there" if nf.phase == 'training' else f"training stopped after that epoch, which was recorded"
+        if nf.data: raise _Diverged(f"the {nf.phase} data{what} holds NaN or infinite values (the {nf.data} of {at}), so its loss is not a number; "
+                                    f"clean the data. {stop.capitalize()}.")
+        if nf.phase == 'training' and nf.steps == 0 and not resumed:
+            raise _Diverged(f"the loss{what} of the first batch is NaN or infinite, before any step, so the learning rate is not why: check the "
+                            f"data's scale (its inputs reach {nf.scale:.3g}; MNIST's lie in [0, 1]) and the model.")
+        raise _Diverged(f"the {nf.phase} loss{what} became NaN or infinite at {at}; {stop}. Try a lower --lr (it was {learn.lr:g}).")
     s = learn.recorder.smooth_losses
     if len(s) > 1 and s[-1] > 4 * s.min() and s[-1] > s[0]:
         raise _Diverged(f"the training loss{what} rose far above its minimum (from {float(s.min()):.3g} to {float(s[-1]):.3g}): "
@@ -237,7 +283,7 @@ def _train(learn, args, out, meta):
     if args.wd is not None: learn.wd = args.wd
     if start < args.epochs:
         learn.fit_one_cycle(args.epochs, start_epoch=start) if args.sched == 'one_cycle' else learn.fit(args.epochs, start_epoch=start)
-    _check_trained(learn)
+    _check_trained(learn, resumed=bool(args.resume))
     if not rank0: return []
     what = f"{args.arch}, {args.opt}, lr {learn.lr:.3g}, {args.epochs} epochs" + (f", {num_distrib()} processes" if num_distrib() > 1 else '')
     written.append(_savefig(learn.recorder.plot_loss().figure, out/'loss.png'))
@@ -254,10 +300,11 @@ def _fmt(r): return [r['optimizer'], f"{r['lr']:g}", f"{r['train_loss']:.4f}", f
 def write_table(rows, out):
     "Write `rows` as `compare.md` and `compare.csv` in `out`; return the Markdown text."
     md = '\n'.join(['| ' + ' | '.join(_COLS) + ' |', '|' + '---|' * len(_COLS)] + ['| ' + ' | '.join(_fmt(r)) + ' |' for r in rows]) + '\n'
-    (out/'compare.md').write_text(md)
-    with open(out/'compare.csv', 'w', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=_COLS)
-        w.writeheader(); w.writerows(rows)
+    table = io.StringIO()
+    w = csv.DictWriter(table, fieldnames=_COLS)
+    w.writeheader(); w.writerows(rows)
+    atomic_write(out/'compare.md', lambda f: f.write(md.encode()), f"the table {out/'compare.md'}")
+    atomic_write(out/'compare.csv', lambda f: f.write(table.getvalue().encode()), f"the table {out/'compare.csv'}")
     return md
 
 def run_compare(args, data, out):
@@ -313,30 +360,49 @@ def _stop(proc, grace=5.):
     _signal_each(alive, psutil.Process.kill)
     proc.wait()
 
-def _relay(stream, quiet):
-    "Copy the lines of `stream` to stderr, until `quiet` is set (a stop is under way: what the stopping processes print is noise)."
+def _relay(stream, quiet, ended):
+    "Copy the lines of `stream` to stderr, until `quiet` is set (a stop is under way) or a process has said in `ended` how it ended: what follows is noise."
     for line in iter(stream.readline, b''):
-        if not quiet.is_set(): sys.stderr.buffer.write(line); sys.stderr.flush()
+        if not quiet.is_set() and not any(ended.iterdir()): sys.stderr.buffer.write(line); sys.stderr.flush()
+
+def _first_end(ended):
+    "`(code, line)` of the process that ended the job, from what each wrote in `ended`: an error before the SIGTERMs torchrun sends the rest."
+    ends = [f.read_text().split('\n', 1) for f in ended.iterdir()]
+    ends = sorted((int(code), line) for code, line in ends if code.isdigit())
+    return next((e for e in ends if e[0] < 128), ends[0]) if ends else None
 
 def _launch(args, argv):
     "Run this command on `args.nproc` local processes under torchrun; its exit status. A signal to this process ends them all."
     cmd = [sys.executable, '-c', _TORCHRUN, str(os.getpid()), '--standalone', f'--nproc_per_node={args.nproc}', '-m', 'exp_lib.train',
            *_without_nproc(argv)]
-    env = {**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1')}
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, start_new_session=True)
-    quiet = threading.Event()
-    relay = threading.Thread(target=_relay, args=(proc.stderr, quiet), daemon=True)
-    relay.start()
-    try: code = proc.wait()
-    except (KeyboardInterrupt, _Stopped):
-        quiet.set()
-        for s in (signal.SIGINT, signal.SIGTERM): signal.signal(s, signal.SIG_IGN)
-        _stop(proc)
-        raise
-    relay.join()
-    return code
+    ended = Path(tempfile.mkdtemp(prefix='exp_lib_train.'))  # where a process writes how it ended, for this command to say in one line
+    env = {**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1'), 'EXP_LIB_TRAIN_ENDED': str(ended), 'EXP_LIB_TRAIN_LOCKED': '1'}
+    try:
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, start_new_session=True)
+        quiet = threading.Event()
+        relay = threading.Thread(target=_relay, args=(proc.stderr, quiet, ended), daemon=True)
+        relay.start()
+        try: code = proc.wait()
+        except (KeyboardInterrupt, _Stopped):
+            quiet.set()
+            for s in (signal.SIGINT, signal.SIGTERM): signal.signal(s, signal.SIG_IGN)
+            _stop(proc)
+            raise
+        relay.join()
+        end = _first_end(ended) if code else None
+    finally: shutil.rmtree(ended, ignore_errors=True)
+    if end is None: return code
+    print(end[1], file=sys.stderr)
+    return end[0]
 
 # %% ../nbs/20_train.ipynb #de499e83
+def _ended(code, line):
+    "Say how the run ended, in one line: on stderr (rank 0's), or, in a process the command started (`--nproc`), to the command, which says it."
+    ended = os.environ.get('EXP_LIB_TRAIN_ENDED')
+    if ended and 'LOCAL_RANK' in os.environ: atomic_write(Path(ended)/f'{rank_distrib()}', lambda f: f.write(f'{code}\n{line}'.encode()))
+    elif not rank_distrib(): print(line, file=sys.stderr)
+    return code
+
 def main(argv=None):
     "Entry point of `exp_lib_train`; returns the exit code."
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -346,7 +412,7 @@ def main(argv=None):
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGTERM, _raise_stopped)
     if 'LOCAL_RANK' in os.environ: _die_with_parent()
-    made = []  # the folders this run makes: a run refused for a bad option removes them again
+    made, locks = [], contextlib.ExitStack()  # the folders this run makes (a refused run removes them again), the locks it holds
     try:
         for opt in ('save', 'checkpoint_every_epoch', 'resume', 'tensorboard'):
             if args.compare and getattr(args, opt):
@@ -359,6 +425,7 @@ def main(argv=None):
         if args.resume: _resume_from(args)
         if args.tensorboard: _tensorboard(args.tensorboard)  # the package is there
         out = _out_paths(args, made)
+        _take_locks(args, out, locks)
         if args.nproc > 1 and 'LOCAL_RANK' not in os.environ: return _launch(args, argv)
         if args.compare: _, written = run_compare(args, data, out)
         else:
@@ -366,18 +433,20 @@ def main(argv=None):
             if rank0: print(f"final validation accuracy: {learn.avg_stats.history[-1]['accuracy']:.4f}")
     except _UsageError as e:
         _remove_made(made)
-        if rank0: print(f"exp_lib_train: error: {e}", file=sys.stderr)
-        return 2
+        return _ended(2, f"exp_lib_train: error: {e}")
+    except OSError as e:  # a file it could not write: a full disk, a folder made read-only during the run
+        return _ended(2, f"exp_lib_train: error: {e}")
     except _Diverged as e:
-        if rank0: print(f"exp_lib_train: error: {e}", file=sys.stderr)
-        return 1
+        return _ended(1, f"exp_lib_train: error: {e}")
     except KeyboardInterrupt:
-        if rank0: print("exp_lib_train: interrupted", file=sys.stderr)
-        return 130
+        return _ended(130, "exp_lib_train: interrupted")
     except _Stopped as e:
-        if rank0: print(f"exp_lib_train: stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
-        return 128 + e.signum
+        return _ended(128 + e.signum, f"exp_lib_train: stopped by {signal.Signals(e.signum).name}")
+    except Exception as e:
+        if 'EXP_LIB_TRAIN_ENDED' not in os.environ: raise  # run by hand: a bug shows its traceback
+        return _ended(1, f"exp_lib_train: error in process {rank_distrib()}: {type(e).__name__}: {e}")
     finally:
+        locks.close()
         for s, h in handlers.items(): signal.signal(s, h)
     if rank0: print("wrote " + ', '.join(str(o) for o in written))
     return 0
