@@ -265,7 +265,7 @@ def train_once(args, data, out):
 
 def _train(learn, args, out, meta):
     rank0 = not rank_distrib()
-    written, start = [out/'history.csv'], 0
+    written, start = [], 0
     if args.resume:
         learn.load(args.resume)
         learn.lr, start = meta['lr_used'], learn.epochs_done
@@ -284,6 +284,7 @@ def _train(learn, args, out, meta):
     if start < args.epochs:
         learn.fit_one_cycle(args.epochs, start_epoch=start) if args.sched == 'one_cycle' else learn.fit(args.epochs, start_epoch=start)
     _check_trained(learn, resumed=bool(args.resume))
+    if (out/'history.csv').exists(): written.insert(0, out/'history.csv')  # not by a resume of a finished run into another --out
     if not rank0: return []
     what = f"{args.arch}, {args.opt}, lr {learn.lr:.3g}, {args.epochs} epochs" + (f", {num_distrib()} processes" if num_distrib() > 1 else '')
     written.append(_savefig(learn.recorder.plot_loss().figure, out/'loss.png'))
