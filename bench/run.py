@@ -12,9 +12,9 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn, optim
 import torch.utils.data as tud
-from exp_lib.all import (Learner, DataBunch, DataLoader, Dataset, accuracy, Optimizer, Adam, SGD, RMSProp, Lamb, SyncCounter, Callback,
+from exp_lib.all import (Learner, DataBunch, DataLoader, Dataset, accuracy, make_optimizer, Adam, SGD, RMSProp, Lamb, SyncCounter, Callback,
                          DistributedTrainer, flat_parts)
-from exp_lib.flat import _Chain
+from exp_lib.compiled import CompiledPass
 
 def interleaved(fns, reps, warmup=2):
     """Median seconds of each function in `fns`, run alternately so that machine noise hits them alike; and, for each, the median over the
@@ -256,11 +256,11 @@ def bench_opt(reps):
     try: return opt_rows(reps) + call_rows(reps)
     finally: torch.set_num_threads(threads)
 
-def compiled_if_large(opt):
-    """`opt`, asked to compile if it is exp_lib's and holds 2**20 parameters or more: issue 28's rows time the compiled pass from there (the
-    default until issue 41 made compiling opt-in), the eager flat step below."""
-    if isinstance(opt, Optimizer): opt.compile = sum(p.numel() for p in opt.all_params) >= 1 << 20
-    return opt
+def compiled_if_large(make, ps):
+    """`make(ps)`, an exp_lib optimizer asked to compile (`compile=True`) where `ps` hold 2**20 parameters or more: issue 28's rows time the
+    compiled pass from there (the default until issue 41 made compiling opt-in), the eager flat step below; a torch optimizer as it is."""
+    opt = make(ps)
+    return make(ps, compile=True) if hasattr(opt, 'cbs') and sum(p.numel() for p in ps) >= 1 << 20 else opt
 
 def compile_seconds(opt, sync=lambda: None):
     "The longest of an optimizer's first three steps, in seconds: a part compiles at its first step with its state made (Adam's second)."
@@ -271,22 +271,22 @@ def compile_seconds(opt, sync=lambda: None):
 
 def opt_rows(reps):
     adamw = lambda **kw: lambda ps: optim.AdamW(ps, 1e-3, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01, **kw)
-    adam = lambda ps: Adam(ps, 1e-3, wd=0.01)
-    sgd_mom = lambda ps: SGD(ps, 1e-2, mom=0.9)
-    adam_chain = lambda wd, avg, sqr, stat, step: lambda ps: Optimizer(ps, [wd, partial(avg, dampening=True), sqr, stat, step], lr=1e-3,
-                                                                           mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01)
+    adam = lambda ps, **how: Adam(ps, 1e-3, wd=0.01, **how)
+    sgd_mom = lambda ps, **how: SGD(ps, 1e-2, mom=0.9, **how)
+    adam_chain = lambda wd, avg, sqr, stat, step: lambda ps, **how: make_optimizer(ps, [wd, partial(avg, dampening=True), sqr, stat, step],
+                                                                                   dict(lr=1e-3, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01), **how)
     chapter_adam = adam_chain(chapter_weight_decay, chapter_average_grad, chapter_average_sqr_grad, chapter_step_stat, chapter_adam_step)
     user_adam = adam_chain(user_weight_decay, user_average_grad, user_average_sqr_grad, chapter_step_stat, user_adam_step)
     filed_adam = adam_chain(user_weight_decay, filed_average_grad, user_average_sqr_grad, chapter_step_stat, filed_adam_step)
-    chapter_sgd_mom = lambda ps: Optimizer(ps, [chapter_momentum_average, chapter_momentum_step], lr=1e-2, mom=0.9)
-    user_sgd_mom = lambda ps: Optimizer(ps, [user_average_grad, user_momentum_step], lr=1e-2, mom=0.9)
+    chapter_sgd_mom = lambda ps, **how: make_optimizer(ps, [chapter_momentum_average, chapter_momentum_step], dict(lr=1e-2, mom=0.9), **how)
+    user_sgd_mom = lambda ps, **how: make_optimizer(ps, [user_average_grad, user_momentum_step], dict(lr=1e-2, mom=0.9), **how)
     cases = [  # name, ours, [(baseline name, baseline, target small, target large)]
         ('Adam', adam, [('AdamW(fused=True)', adamw(fused=True), 0.5, 1.0), ('AdamW(foreach=True)', adamw(foreach=True), None, 1.0)]),
         ('SGD momentum', sgd_mom,
          [('SGD(fused=True)', lambda ps: optim.SGD(ps, 1e-2, momentum=0.9, fused=True), 0.5, 1.0),
           ('SGD(foreach=True)', lambda ps: optim.SGD(ps, 1e-2, momentum=0.9, foreach=True), None, 1.0)]),
-        ('RMSProp', lambda ps: RMSProp(ps, 1e-3), [('RMSprop(foreach=True), no fused form', lambda ps: optim.RMSprop(ps, 1e-3, alpha=0.99, eps=1e-8, foreach=True), 1.0, 1.0)]),
-        ('LAMB', lambda ps: Lamb(ps, 1e-3), [('AdamW(fused=True), torch has no LAMB', adamw(fused=True), None, None), ('AdamW(foreach=True)', adamw(foreach=True), 1.0, None)]),
+        ('RMSProp', lambda ps, **how: RMSProp(ps, 1e-3, **how), [('RMSprop(foreach=True), no fused form', lambda ps: optim.RMSprop(ps, 1e-3, alpha=0.99, eps=1e-8, foreach=True), 1.0, 1.0)]),
+        ('LAMB', lambda ps, **how: Lamb(ps, 1e-3, **how), [('AdamW(fused=True), torch has no LAMB', adamw(fused=True), None, None), ('AdamW(foreach=True)', adamw(foreach=True), 1.0, None)]),
         ("user's Adam callbacks", user_adam, [('exp_lib Adam (shipped)', adam, 1.2, 1.2), ('AdamW(fused=True)', adamw(fused=True), 0.5, None)]),
         ("user's SGD momentum callbacks", user_sgd_mom, [('exp_lib SGD momentum (shipped)', sgd_mom, 1.2, None)]),
         ("user's Adam callbacks, 16 when filed", filed_adam, [('exp_lib Adam (shipped)', adam, 1.2, None)]),
@@ -300,7 +300,7 @@ def opt_rows(reps):
         for name, ours_make, baselines in cases:
             if size.startswith('6') and name not in ('Adam', 'SGD momentum', 'RMSProp', "user's Adam callbacks"): continue  # the issues' targets
             def stepper(make):
-                opt = compiled_if_large(make(make_params()))
+                opt = compiled_if_large(make, make_params())
                 def run():
                     for _ in range(steps): opt.step()
                 return run, opt
@@ -308,7 +308,7 @@ def opt_rows(reps):
             first = compile_seconds(opt)
             ours()
             assert flat_parts(opt) and not opt.per_tensor_cbs, f"{name}: the flat path is not in use"
-            if opt._flat.chains: rows.append((f'{name}: the step that compiles ({size}), seconds', first, 'report', None, None, 'seconds'))
+            if getattr(opt, 'passes', None): rows.append((f'{name}: the step that compiles ({size}), seconds', first, 'report', None, None, 'seconds'))
             for bname, make, small_target, large_target in baselines:
                 # Ours against one baseline at a time, each run right after the other's: at 2.6M the buffers are about the size of the L3 cache,
                 # and a step run after a third optimizer (foreach's nine passes) starts from caches that one left, not from the baseline's.
@@ -325,7 +325,7 @@ def call_rows(reps):
     def sgd_momentum(p, g, m, lr, mom): m.mul_(mom).add_(g); p.add_(m * -lr)
     compiled = torch.compile(sgd_momentum, fullgraph=True, dynamic=False)
     compiled(p, g, m, lr, mom)
-    straight = _Chain()  # exp_lib's compiled step's own call: straight into what torch.compile made, once dynamo's guards pass
+    straight = CompiledPass()  # exp_lib's compiled step's own call: straight into what torch.compile made, once dynamo's guards pass
     straight.compile(sgd_momentum)
     straight(p, g, m, lr, mom)
     calls = (lambda: compiled(p, g, m, lr, mom), lambda: straight(p, g, m, lr, mom),
@@ -343,7 +343,7 @@ def call_rows(reps):
         fused = statistics.median(times[2])
         rows.append((f'one call of a torch.compiled SGD-momentum step, tiny tensors, {name}', statistics.median(times[0]),
                      'torch._fused_sgd_ op, the same', fused, None, 'max'))
-        rows.append((f'the same, straight into the code torch.compile made (as exp_lib does{"" if straight.made else ": not shown by this torch"}), {name}',
+        rows.append((f'the same, straight into the code torch.compile made (as exp_lib does{"" if straight.shortcut else ": not shown by this torch"}), {name}',
                      statistics.median(times[1]),
                      'torch._fused_sgd_ op, the same', fused, None, 'max'))
     return rows
@@ -446,21 +446,21 @@ def bench_gpu(reps):
         try: where_the_time_goes(reps, device, where)
         except Exception as e: print(f'  (could not say where the time goes: {e!r:.300})\n')
     adamw = lambda ps: optim.AdamW(ps, 1e-3, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01, fused=True)
-    cases = [('Adam', lambda ps: Adam(ps, 1e-3, wd=0.01), 'AdamW(fused=True)', adamw, 28),
-             ('SGD momentum', lambda ps: SGD(ps, 1e-2, mom=0.9), 'SGD(fused=True)', lambda ps: optim.SGD(ps, 1e-2, momentum=0.9, fused=True), 20)]
+    cases = [('Adam', lambda ps, **how: Adam(ps, 1e-3, wd=0.01, **how), 'AdamW(fused=True)', adamw, 28),
+             ('SGD momentum', lambda ps, **how: SGD(ps, 1e-2, mom=0.9, **how), 'SGD(fused=True)', lambda ps: optim.SGD(ps, 1e-2, momentum=0.9, fused=True), 20)]
     # issue 28: at most 0.35 of fused when small, at most 1.15 of the memory floor when large (a copy of as many bytes, timed in the same run)
     for width, n, steps, size, target in ((32, 40, 50, '160 tensors, 45k', 0.35), (256, 40, 20, '160 tensors, 2.6M', 0.35),
                                           (1024, 40, 10, '160 tensors, 42M', 1.15), (2896, 20, 5, '80 tensors, 168M', 1.15)):
         for name, ours_make, bname, base_make, bytes_per_param in cases:
             def stepper(make):
-                opt = compiled_if_large(make(layer_params(width, n, device='cuda')))
+                opt = compiled_if_large(make, layer_params(width, n, device='cuda'))
                 first = compile_seconds(opt, torch.cuda.synchronize)
                 def run():
                     for _ in range(steps): opt.step()
                     torch.cuda.synchronize()
                 return run, opt, first
             (ours, opt, first), (base, *_) = stepper(ours_make), stepper(base_make)
-            if opt._flat.chains: yield (f'GPU: {name}: the step that compiles ({size}), seconds', first, 'report', None, None, 'seconds')
+            if getattr(opt, 'passes', None): yield (f'GPU: {name}: the step that compiles ({size}), seconds', first, 'report', None, None, 'seconds')
             numel = sum(p.numel() for p in layer_params(width, n, device='cuda'))
             src = torch.ones(numel * bytes_per_param // 8, device='cuda'); dst = torch.empty_like(src)  # a copy reads and writes 4 bytes a number
             def floor():

@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['NonFinite', 'optimizer_choices', 'ParamGroup', 'Optimizer', 'sgd_step', 'average_grad', 'momentum_step',
-           'average_sqr_grad', 'rms_prop_step', 'step_stat', 'debias', 'adam_step', 'weight_decay', 'l2_reg', 'SGD',
-           'RMSProp', 'adam_family', 'Adam', 'radam_step', 'RAdam', 'lamb_step', 'Lamb', 'Lookahead', 'ranger',
-           'TerminateOnNaNCallback', 'ModelResetter', 'RNNRegularizer', 'compare_optimizers', 'plot_comparison']
+           'average_sqr_grad', 'rms_prop_step', 'step_stat', 'debias', 'adam_step', 'weight_decay', 'l2_reg',
+           'make_optimizer', 'SGD', 'RMSProp', 'adam_family', 'Adam', 'radam_step', 'RAdam', 'lamb_step', 'Lamb',
+           'Lookahead', 'ranger', 'TerminateOnNaNCallback', 'ModelResetter', 'RNNRegularizer', 'compare_optimizers',
+           'plot_comparison']
 
 # %% ../nbs/16_accel_sgd.ipynb #e85b81bd
 import math, time
@@ -16,9 +17,9 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
-from .core import _subplots, norm_bias_params, _check_hyper, _check_positive, _per_group, _freeze_groups, _one_group, _merge_state, _cb_name, _set_hyper
+from .core import subplots, norm_bias_params, check_hyper, check_positive, per_group, freeze_groups, check_freezable, merge_state, cb_name, set_group_hyper
+from .core import tensor_norms, scale_per_tensor_
 from .callbacks import Callback, Learner, CancelFitException, AvgStatsCallback
-from .flat import flat_step, flat_state, flat_zero_grad, flat_drop, per_tensor_cbs, tensor_norms, scale_per_tensor_
 from .anneal import ParamScheduler, Recorder, combine_scheds, cos_1cycle_anneal, sched_cos
 
 # %% ../nbs/16_accel_sgd.ipynb #6a0f2cbc
@@ -27,7 +28,7 @@ def _cb_attr(cb, name):
     return getattr(cb, name, None) or getattr(getattr(cb, 'func', None), name, None)
 
 def _check_hypers(h, where):
-    for k, v in h.items(): _check_hyper(k, v, where)
+    for k, v in h.items(): check_hyper(k, v, where)
 
 def _check_disjoint(param_lists):
     "Refuse, as torch.optim does, a parameter that appears twice (in two groups, or twice in one): it would be stepped twice."
@@ -36,6 +37,27 @@ def _check_disjoint(param_lists):
     if twice: raise ValueError(f"Some parameters appear in more than one parameter group ({twice} of them), or twice in one: each would be "
                                f"stepped once per appearance. Make the splitter return each parameter once.")
 
+def _groups_and_hypers(params, cbs, defaults):
+    """The parameter lists of `params` (parameters, lists of them, or torch-style group dicts) and one dict of hypers for each: the callbacks'
+    `defaults`, then `defaults` (one value for all, a list with one per group, or a slice spread over them), then a group's own; all checked."""
+    if {'flat', 'compile'} & set(defaults):
+        raise TypeError("Optimizer is the chapter's, stepping one parameter at a time; flat buffers and compiling are 16a's and 16d's: "
+                        "make_optimizer(params, cbs, hypers, flat=True, compile=...), or FlatOptimizer(params, cbs, **hypers).")
+    base = {}
+    for cb in cbs: base.update(_cb_attr(cb, 'defaults') or {})
+    base.update(defaults)
+    params = list(params)
+    if not params: raise ValueError("Optimizer got no parameters to optimize.")
+    if isinstance(params[0], dict): groups = [(list(g['params']), {k: v for k, v in g.items() if k != 'params'}) for g in params]
+    elif isinstance(params[0], (list, tuple)): groups = [(list(g), {}) for g in params]
+    else: groups = [(params, {})]
+    param_lists = [ps for ps, _ in groups]
+    _check_disjoint(param_lists)
+    spread = {k: per_group(v, len(groups), k, 'Optimizer') if isinstance(v, (list, slice)) else [v] * len(groups) for k, v in base.items()}
+    hypers = [{**{k: vs[i] for k, vs in spread.items()}, **own} for i, (_, own) in enumerate(groups)]
+    for i, h in enumerate(hypers): _check_hypers(h, f"Optimizer parameter group {i}")
+    return param_lists, hypers
+
 # %% ../nbs/16_accel_sgd.ipynb #3a93b280
 class ParamGroup(MutableMapping):
     "A torch-style view of one parameter group: `'params'` and the group's hypers; writes reach the hypers."
@@ -43,7 +65,7 @@ class ParamGroup(MutableMapping):
     def __getitem__(self, k): return self.params if k == 'params' else self.hyper[k]
     def __setitem__(self, k, v):
         if k == 'params': raise KeyError("The parameters of a group cannot be replaced through param_groups; make a new optimizer.")
-        self.hyper[k] = _check_hyper(k, v, 'param_groups')
+        self.hyper[k] = check_hyper(k, v, 'param_groups')
     def __delitem__(self, k): del self.hyper[k]
     def __contains__(self, k): return k == 'params' or k in self.hyper
     def __iter__(self): yield 'params'; yield from self.hyper
@@ -52,76 +74,53 @@ class ParamGroup(MutableMapping):
 
 # %% ../nbs/16_accel_sgd.ipynb #0e1c2dc0
 class Optimizer:
-    "Steps parameter groups by running the optimizer callbacks `cbs` on each parameter, with per-group hypers."
-    def __init__(self, params, cbs,
-                 flat=True, # step each group on flat buffers where it can, running the same callbacks (`16a_flat`)
-                 compile=False, # each flat part as one `torch.compile`d pass (`16a_flat`): opt-in, as torch.compile is everywhere
-                 **defaults):
-        if compile not in (True, False): raise ValueError(f"Optimizer: compile is True (one compiled pass per flat part) or False, got {compile!r}.")
-        if compile and not flat: raise ValueError("Optimizer: compile=True needs flat=True: the compiled pass runs on a group's flat buffers.")
-        self.cbs = list(cbs)
-        base = {}
-        for cb in self.cbs: base.update(_cb_attr(cb, 'defaults') or {})
-        base.update(defaults)
-        params = list(params)
-        if not params: raise ValueError("Optimizer got no parameters to optimize.")
-        if isinstance(params[0], dict): groups = [(list(g['params']), {k: v for k, v in g.items() if k != 'params'}) for g in params]
-        elif isinstance(params[0], (list, tuple)): groups = [(list(g), {}) for g in params]
-        else: groups = [(params, {})]
-        self.param_lists = [ps for ps, _ in groups]
-        _check_disjoint(self.param_lists)
-        spread = {k: _per_group(v, len(groups), k, 'Optimizer') if isinstance(v, (list, slice)) else [v] * len(groups) for k, v in base.items()}
-        self.hypers = [{**{k: vs[i] for k, vs in spread.items()}, **own} for i, (_, own) in enumerate(groups)]
-        for i, h in enumerate(self.hypers): _check_hypers(h, f"Optimizer parameter group {i}")
+    "Steps parameter groups by running the optimizer callbacks `cbs` on each parameter, with per-group hypers: the chapter's optimizer."
+    def __init__(self, params, cbs, **defaults):
+        self.cbs, self.state = list(cbs), {}
+        self.param_lists, self.hypers = _groups_and_hypers(params, self.cbs, defaults)
         self._views = [ParamGroup(ps, h) for ps, h in zip(self.param_lists, self.hypers)]
-        self._state, self.flat, self.compile = {}, flat, compile
+
+    @torch.no_grad()
+    def step(self):
+        "Every callback on every parameter that has a gradient, with that parameter's state and its group's hypers."
+        for p, state, hyper in self._params_with_grad():
+            for cb in self.cbs: merge_state(state, cb(p, **{**state, **hyper}), cb, p)
+            self.state[p] = state
+
+    def zero_grad(self):
+        "Detach and zero the gradient of every parameter that has one, in place."
+        for p in self.all_params:
+            if p.grad is None: continue
+            if p.grad.requires_grad: p.grad.detach_()  # a gradient with a graph (`create_graph=True`); others may be views, which cannot be
+            p.grad.zero_()
 
     @property
     def param_groups(self): return self._views
     @property
     def all_params(self): return [p for ps in self.param_lists for p in ps]
     @property
-    def state(self):
-        "Per-parameter state: a dict per parameter (on a flat group, numbers and views of the group's buffers: `16a_flat`)."
-        return flat_state(self, looked=True)
-    @property
-    def per_tensor_cbs(self):
-        "The callbacks found to need each tensor, which keep the groups on the per-parameter path (`16a_flat`)."
-        return per_tensor_cbs(self)
-    @property
-    def kind(self): return f"Optimizer[{', '.join(map(_cb_name, self.cbs))}]"
-    def __repr__(self): return f"Optimizer({len(self.param_lists)} groups, cbs=[{', '.join(map(_cb_name, self.cbs))}], {self.hypers[0]})"
+    def kind(self): return f"Optimizer[{', '.join(map(cb_name, self.cbs))}]"  # what checkpoints record: the same for 16a's optimizers
+    def __repr__(self): return f"{type(self).__name__}({len(self.param_lists)} groups, cbs=[{', '.join(map(cb_name, self.cbs))}], {self.hypers[0]})"
 
 # %% ../nbs/16_accel_sgd.ipynb #06512dad
 @patch
-def zero_grad(self:Optimizer):
-    "Detach and zero the gradient of every parameter, in place (a flat group's whole gradient buffer at once)."
-    grads = [p.grad for gi in flat_zero_grad(self) for p in self.param_lists[gi] if p.grad is not None]
-    for g in grads:
-        if g.requires_grad: g.detach_()
-    if grads: torch._foreach_zero_(grads)
+def _params_with_grad(self:Optimizer):
+    "Each parameter with a gradient in the groups `step` runs one parameter at a time, with its state (a new dict at first) and its group's hypers."
+    for gi in self._groups_by_parameter():
+        for p in self.param_lists[gi]:
+            if p.grad is not None: yield p, self.state.get(p, {}), self.hypers[gi]
+
+@patch
+def _groups_by_parameter(self:Optimizer):
+    "The groups `step` runs one parameter at a time: all of them (16a's `FlatOptimizer` first steps the others on flat buffers)."
+    return range(len(self.hypers))
 
 @patch
 def state_to_params(self:Optimizer):
     "Move each tensor of the state to its parameter's device: wherever the model went (`model.to(...)`), its state follows."
-    for p, s in flat_state(self).items():
+    for p, s in self.state.items():
         moved = {k: v.to(p.device) for k, v in s.items() if isinstance(v, torch.Tensor) and v.device != p.device}
         if moved: s.update(moved)
-
-@patch
-def _step_per_param(self:Optimizer, ps, hyper):
-    "Run every callback on each parameter of `ps` in turn, with its state and the group's `hyper`."
-    for p in ps:
-        state = self._state.setdefault(p, {})
-        for cb in self.cbs: _merge_state(state, cb(p, **{**state, **hyper}), cb, p)
-
-# %% ../nbs/16_accel_sgd.ipynb #3d1112bb
-@patch
-@torch.no_grad()
-def step(self:Optimizer):
-    "Every callback on every parameter that has a gradient: a group at once on flat buffers where it can be (`flat`), else parameter by parameter."
-    for gi in (flat_step(self) if self.flat else range(len(self.hypers))):
-        self._step_per_param([p for p in self.param_lists[gi] if p.grad is not None], self.hypers[gi])
 
 # %% ../nbs/16_accel_sgd.ipynb #19d3e112
 def sgd_step(p, lr, **kwargs):
@@ -180,34 +179,47 @@ def l2_reg(p, wd, do_wd=True, **kwargs):
 l2_reg.defaults = dict(wd=0.)
 
 # %% ../nbs/16_accel_sgd.ipynb #8e3301c7
+def make_optimizer(params, cbs, hypers,
+                   flat=True,      # 16a's `FlatOptimizer`: each group at once on flat buffers; False: this chapter's `Optimizer`
+                   compile=False): # 16d's `CompiledOptimizer`: each flat part as one `torch.compile`d pass (opt-in)
+    "The optimizer of callbacks `cbs` and `hypers` over `params`, which the factories below make: the same math whichever is chosen."
+    if compile and not flat: raise ValueError("make_optimizer: compile=True needs flat=True: the compiled pass runs on a group's flat buffers.")
+    if compile not in (True, False): raise ValueError(f"make_optimizer: compile is True (one compiled pass per flat part) or False, got {compile!r}.")
+    if not flat: return Optimizer(params, cbs, **hypers)
+    if compile:
+        from exp_lib.compiled import CompiledOptimizer  # 16d's, which builds on 16a's
+        return CompiledOptimizer(params, cbs, **hypers)
+    from exp_lib.flat import FlatOptimizer  # 16a's, which builds on this notebook's Optimizer
+    return FlatOptimizer(params, cbs, **hypers)
+
 def _decay(decouple_wd):
     "The weight-decay callback: decoupled, or L2 regularisation."
     return [weight_decay] if decouple_wd else [l2_reg]
 
-def SGD(params, lr, mom=0., wd=0., decouple_wd=True, flat=True, compile=False):
-    "SGD, with momentum if `mom`, and weight decay (decoupled, or L2 if not `decouple_wd`)."
+def SGD(params, lr, mom=0., wd=0., decouple_wd=True, **how):
+    "SGD, with momentum if `mom`, and weight decay (decoupled, or L2 if not `decouple_wd`); `how` it steps: `make_optimizer`'s `flat` and `compile`."
     cbs = _decay(decouple_wd) + ([average_grad, momentum_step] if mom else [sgd_step])
-    return Optimizer(params, cbs, flat=flat, compile=compile, lr=lr, mom=mom, wd=wd)
+    return make_optimizer(params, cbs, dict(lr=lr, mom=mom, wd=wd), **how)
 
-def RMSProp(params, lr, mom=0., sqr_mom=0.99, eps=1e-8, wd=0., decouple_wd=True, flat=True, compile=False):
+def RMSProp(params, lr, mom=0., sqr_mom=0.99, eps=1e-8, wd=0., decouple_wd=True, **how):
     "RMSProp (with momentum on the gradient if `mom`)."
     cbs = _decay(decouple_wd) + ([average_grad] if mom else []) + [average_sqr_grad, rms_prop_step]
-    return Optimizer(params, cbs, flat=flat, compile=compile, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
+    return make_optimizer(params, cbs, dict(lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd), **how)
 
-def adam_family(params, step_cb, lr, mom, sqr_mom, eps, wd, decouple_wd, flat=True, compile=False, **hypers):
-    "An optimizer of Adam's shape: weight decay, damped gradient average, squared average, step count, then `step_cb`."
+def adam_family(params, step_cb, lr, mom, sqr_mom, eps, wd, decouple_wd, more=None, **how):
+    "An optimizer of Adam's shape: weight decay, damped gradient average, squared average, step count, then `step_cb` (with the hypers `more`)."
     cbs = _decay(decouple_wd) + [partial(average_grad, dampening=True), average_sqr_grad, step_stat, step_cb]
-    return Optimizer(params, cbs, flat=flat, compile=compile, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, **hypers)
+    return make_optimizer(params, cbs, dict(lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, **(more or {})), **how)
 
-def Adam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01, decouple_wd=True, flat=True, compile=False):
+def Adam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01, decouple_wd=True, **how):
     "Adam (AdamW when `decouple_wd`), with fastai's defaults."
-    return adam_family(params, adam_step, lr, mom, sqr_mom, eps, wd, decouple_wd, flat, compile)
+    return adam_family(params, adam_step, lr, mom, sqr_mom, eps, wd, decouple_wd, **how)
 
 # %% ../nbs/16_accel_sgd.ipynb #5e7a1c02
 @patch
 def set_hyper(self:Optimizer, name, val):
     "fastai's `set_hyper`: hyper `name` of every group to `val`, `val[i]` for group `i`, or spread from a slice; checked first."
-    _set_hyper(self.param_groups, name, val, 'Optimizer.set_hyper')
+    set_group_hyper(self.param_groups, name, val, 'Optimizer.set_hyper')
 
 @patch
 def set_hypers(self:Optimizer, **kwargs):
@@ -229,9 +241,9 @@ def radam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, beta=0., **kwa
         p.addcdiv_(grad_avg, denom, value=-lr * rect / debias1)
 radam_step.defaults = dict(eps=1e-5, beta=0.)
 
-def RAdam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., beta=0., decouple_wd=True, flat=True, compile=False):
+def RAdam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., beta=0., decouple_wd=True, **how):
     "Rectified Adam (with `beta`, the denominator goes through a softplus of that sharpness, as in fastai)."
-    return adam_family(params, radam_step, lr, mom, sqr_mom, eps, wd, decouple_wd, flat, compile, beta=beta)
+    return adam_family(params, radam_step, lr, mom, sqr_mom, eps, wd, decouple_wd, dict(beta=beta), **how)
 
 # %% ../nbs/16_accel_sgd.ipynb #b11135ae
 def lamb_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
@@ -243,9 +255,9 @@ def lamb_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     p.sub_(scale_per_tensor_(p, upd, lr * q))
 lamb_step.defaults = dict(eps=1e-5)
 
-def Lamb(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., decouple_wd=True, flat=True, compile=False):
+def Lamb(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., decouple_wd=True, **how):
     "LAMB."
-    return adam_family(params, lamb_step, lr, mom, sqr_mom, eps, wd, decouple_wd, flat, compile)
+    return adam_family(params, lamb_step, lr, mom, sqr_mom, eps, wd, decouple_wd, **how)
 
 # %% ../nbs/16_accel_sgd.ipynb #e72f2ad0
 class Lookahead:
@@ -290,7 +302,7 @@ _keep_on_clear = ('do_wd',)
 @patch
 def state_dict(self:Optimizer):
     "Hypers and per-parameter state; parameters are numbered in group order."
-    state = flat_state(self)
+    state = self.state
     return {'state': {i: dict(state[p]) for i, p in enumerate(self.all_params) if state.get(p)}, 'hypers': [dict(h) for h in self.hypers]}
 
 def _copy(v, p): return v.detach().to(device=p.device, copy=True) if isinstance(v, torch.Tensor) else v
@@ -309,24 +321,22 @@ def load_state_dict(self:Optimizer, sd):
              for k, v in s.items() if isinstance(v, torch.Tensor) and v.dim() and v.shape != ps[int(i)].shape]
     if wrong: raise ValueError("The saved optimizer state does not fit these parameters: " + '; '.join(wrong[:5]))
     for h, saved in zip(self.hypers, sd['hypers']): _check_hypers(saved, 'load_state_dict'); h.clear(); h.update(saved)
-    self._state = {ps[int(i)]: {k: _copy(v, ps[int(i)]) for k, v in s.items()} for i, s in sd['state'].items()}
-    flat_drop(self)
+    self.state = {ps[int(i)]: {k: _copy(v, ps[int(i)]) for k, v in s.items()} for i, s in sd['state'].items()}
 
 @patch
 def clear_state(self:Optimizer):
     "Forget all per-parameter state (averages, step counts), but what says how a parameter is treated (`do_wd`)."
-    self._state = {p: {k: s[k] for k in _keep_on_clear if k in s} for p, s in flat_state(self).items() if any(k in s for k in _keep_on_clear)}
-    flat_drop(self)
+    self.state = {p: {k: s[k] for k in _keep_on_clear if k in s} for p, s in self.state.items() if any(k in s for k in _keep_on_clear)}
 
 @patch
 def freeze_to(self:Optimizer, n):
     "Train only the parameter groups from `n` on (`n` may be negative)."
-    _freeze_groups(self.param_lists, n)
+    freeze_groups(self.param_lists, n)
 
 @patch
 def freeze(self:Optimizer):
     "Train only the last parameter group."
-    if len(self.param_lists) < 2: raise ValueError(_one_group)
+    check_freezable(len(self.param_lists))
     self.freeze_to(-1)
 
 @patch
@@ -350,7 +360,7 @@ def _check_pct(where, pct_start):
 def _sched_lrs(self:Learner, lr, where, reset_opt=False):
     "The peak lr of each parameter group for a scheduled fit (making the optimizer first if needed); each must be > 0."
     if reset_opt or self.opt is None or not self._opt_fits(): self.create_opt()
-    lrs = _per_group(self.lr if lr is None else lr, len(self.opt.param_groups), 'lr', where)
+    lrs = per_group(self.lr if lr is None else lr, len(self.opt.param_groups), 'lr', where)
     if not all(lrs): raise ValueError(f"{where}: the learning rate must be > 0 (a schedule of 0 trains nothing), got {lrs}.")
     return lrs
 
@@ -359,11 +369,11 @@ def fit_one_cycle(self:Learner, n_epoch, lr_max=None, div=25., div_final=1e5, pc
                   reset_opt=False, start_epoch=0):
     "Fit `n_epoch` epochs with the one-cycle policy: cosine warm-up to `lr_max` then annealing; momentum (`moms`, default `learn.moms`) opposite."
     lr_maxs = self._sched_lrs(lr_max, 'fit_one_cycle', reset_opt)
-    for name, v in (('div', div), ('div_final', div_final)): _check_positive(name, v, where='fit_one_cycle')
+    for name, v in (('div', div), ('div_final', div_final)): check_positive(name, v, where='fit_one_cycle')
     _check_pct('fit_one_cycle', pct_start)
     moms = self.moms if moms is None else moms
     if len(moms) != 3: raise ValueError(f"fit_one_cycle: moms is (start, middle, end), got {moms!r}.")
-    for m in moms: _check_hyper('mom', m, 'fit_one_cycle')
+    for m in moms: check_hyper('mom', m, 'fit_one_cycle')
     pcts = [pct_start, 1 - pct_start]
     scheds = [ParamScheduler('lr', [combine_scheds(pcts, [sched_cos(l / div, l), sched_cos(l, l / div_final)]) for l in lr_maxs])]
     if 'mom' in self.opt.param_groups[0]: scheds.append(ParamScheduler('mom', combine_scheds(pcts, cos_1cycle_anneal(*moms))))
@@ -449,7 +459,7 @@ def compare_optimizers(make_learner, names, n_epoch, sched='one_cycle', seed=42,
 
 def plot_comparison(recorders, ax=None, skip_start=5):
     "Smoothed training loss of each optimizer in `recorders`, overlaid."
-    ax = ax or _subplots(figsize=(7, 4))[1]
+    ax = ax or subplots(figsize=(7, 4))[1]
     for name, rec in recorders.items(): ax.plot(range(skip_start, len(rec.losses)), rec.smooth_losses[skip_start:].tolist(), label=name)
     ax.set_xlabel('batch'); ax.set_ylabel('training loss (smoothed)'); ax.legend()
     return ax

@@ -6,8 +6,8 @@
 __all__ = []
 
 # %% ../nbs/99_all.ipynb #06f9b838
-from . import (data, core, init, minibatch, callbacks, metrics, predict, checkpoint, tracker, anneal, flat, accel_sgd, optim_wrapper,
-                     fit_policies, hardware, distributed, interpret)
+from . import (data, core, init, minibatch, callbacks, metrics, predict, checkpoint, tracker, anneal, accel_sgd, flat, compiled,
+                     optim_wrapper, fit_policies, hardware, distributed, interpret)
 from .data import *
 from .core import *
 from .init import *
@@ -18,13 +18,14 @@ from .predict import *
 from .checkpoint import *
 from .tracker import *
 from .anneal import *
-from .flat import *
 from .accel_sgd import *
+from .flat import *
+from .compiled import *
 from .optim_wrapper import *
 from .fit_policies import *
 from .hardware import *
 from .distributed import *
 from .interpret import *
 from .train import make_model
-__all__ = [n for m in (data, core, init, minibatch, callbacks, metrics, predict, checkpoint, tracker, anneal, flat, accel_sgd, optim_wrapper,
-                        fit_policies, hardware, distributed, interpret) for n in m.__all__ if n != 'fit'] + ['make_model']
+__all__ = [n for m in (data, core, init, minibatch, callbacks, metrics, predict, checkpoint, tracker, anneal, accel_sgd, flat, compiled,
+                        optim_wrapper, fit_policies, hardware, distributed, interpret) for n in m.__all__ if n != 'fit'] + ['make_model']

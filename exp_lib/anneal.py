@@ -14,9 +14,10 @@ from collections import namedtuple
 from itertools import accumulate
 import torch
 from fastcore.basics import patch
-from .core import rank_distrib, rng_states, set_rng_states, atomic_write, _subplots
-from .callbacks import Callback, Learner, AvgStatsCallback, CancelFitException, CancelValidException, _resumes
-from .checkpoint import _cb_states
+from .core import rank_distrib, rng_states, set_rng_states, atomic_write, subplots
+from .callbacks import Callback, Learner, AvgStatsCallback, CancelFitException, CancelValidException, resumes_record
+from .checks import check_data
+from .checkpoint import cb_states
 
 # %% ../nbs/05_anneal.ipynb #c9e35ee8
 def _stack_cpu(ts):
@@ -38,7 +39,7 @@ class Recorder(Callback):
     def before_fit(self):
         self.pgs = list(self.learn.opt.param_groups) if self.learn.opt is not None else []
         names = self._hyper_names(self.pgs[0] if self.pgs else {})
-        if not (_resumes(self.learn, len(self.epoch_ends)) and list(self.hypers) == names): self._reset()
+        if not (resumes_record(self.learn, len(self.epoch_ends)) and list(self.hypers) == names): self._reset()
         self.hypers = {k: self.hypers.get(k, []) for k in names}
 
     def after_batch(self):
@@ -89,7 +90,7 @@ class Recorder(Callback):
 @patch
 def plot_loss(self:Recorder, skip_start=5, with_valid=True, ax=None):
     "Smoothed training loss per batch (from batch `skip_start`) and, if `with_valid`, the validation loss per epoch."
-    ax = ax or _subplots(figsize=(6, 4))[1]
+    ax = ax or subplots(figsize=(6, 4))[1]
     ax.plot(range(skip_start, len(self.losses)), self.smooth_losses[skip_start:].tolist(), label='train (smoothed)')
     valid = [(e, m['valid_loss']) for e, m in zip(self.epoch_ends, self.metrics) if m['valid_loss'] == m['valid_loss']]
     if with_valid and valid: ax.plot(*zip(*valid), 'o-', label='valid')
@@ -99,7 +100,7 @@ def plot_loss(self:Recorder, skip_start=5, with_valid=True, ax=None):
 @patch
 def plot_lr(self:Recorder, pgid=-1, ax=None):
     "Learning rate of parameter group `pgid` per batch."
-    ax = ax or _subplots(figsize=(6, 4))[1]
+    ax = ax or subplots(figsize=(6, 4))[1]
     ax.plot([o[pgid] for o in self.lrs]); ax.set_xlabel('batch'); ax.set_ylabel('lr')
     return ax
 
@@ -109,7 +110,7 @@ def plot_sched(self:Recorder, keys=None, figsize=None, pgid=-1):
     names = list(self.hypers) if keys is None else [keys] if isinstance(keys, str) else list(keys)
     if not names or any(k not in self.hypers for k in names):
         raise ValueError(f"plot_sched: the recorded hypers are {list(self.hypers)} (after a fit); got keys={keys!r}.")
-    fig, axs = _subplots(1, len(names), figsize=figsize or (4 * len(names), 3), squeeze=False)
+    fig, axs = subplots(1, len(names), figsize=figsize or (4 * len(names), 3), squeeze=False)
     for ax, k in zip(axs[0], names):
         ax.plot([o[pgid] for o in self.hypers[k]]); ax.set_title(k); ax.set_xlabel('batch')
     fig.tight_layout()
@@ -228,7 +229,7 @@ class LRFinder(Callback):
         self.lrs, self.losses, self.best, self.avg = [], [], math.inf, 0.
         learn = self.learn
         self.snap = dict(model=copy.deepcopy(learn.model.state_dict()), opt=copy.deepcopy(learn.opt.state_dict()),
-                         cbs=copy.deepcopy(_cb_states(learn)), rng=rng_states(), training=learn.model.training)
+                         cbs=copy.deepcopy(cb_states(learn)), rng=rng_states(), training=learn.model.training)
     def before_batch(self):
         if self.learn.training: self.learn.set_hyper('lr', self.sched(self.learn.train_iter / (self.num_it - 1)))
     def after_loss(self):
@@ -303,7 +304,7 @@ def suggestions(self:LRFinder, funcs=(valley,)):
 @patch
 def plot(self:LRFinder, suggestions=None, ax=None):
     "Smoothed loss against the lr (log scale), with the suggestions marked."
-    ax = ax or _subplots(figsize=(6, 4))[1]
+    ax = ax or subplots(figsize=(6, 4))[1]
     ax.plot(self.lrs, self.losses); ax.set_xscale('log'); ax.set_xlabel('learning rate'); ax.set_ylabel('loss (smoothed)')
     for (name, lr), mk in zip((suggestions or self.suggestions())._asdict().items(), 'ovs^'):
         i = min(range(len(self.lrs)), key=lambda j: abs(math.log(self.lrs[j] / lr)))
@@ -319,7 +320,7 @@ _fit_state = ('epochs_done', 'epoch', 'n_epoch', 'start_epoch', 'train_iter', 'p
 def lr_find(self:Learner, start_lr=1e-7, end_lr=10, num_it=100, stop_div=True, show_plot=True, suggest_funcs=(valley,), ax=None):
     "Sweep the lr from `start_lr` to `end_lr`; plot loss vs lr; return the suggestions of `suggest_funcs`; leave the learner as it was."
     finder = LRFinder(start_lr, end_lr, num_it, stop_div)
-    self._check_data('lr_find')
+    check_data(self, 'lr_find')
     n_epoch = math.ceil(num_it / max(len(self.data.train_dl), 1))
     if self.opt is None or not self._opt_fits(): self.create_opt()
     state = {k: getattr(self, k) for k in _fit_state if hasattr(self, k)}

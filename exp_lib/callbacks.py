@@ -5,20 +5,20 @@
 # %% auto #0
 __all__ = ['DataLoaders', 'event', 'defaults', 'DataBunch', 'CancelBatchException', 'CancelBackwardException',
            'CancelStepException', 'CancelTrainException', 'CancelValidException', 'CancelEpochException',
-           'CancelFitException', 'Callback', 'sort_by_run', 'print_row', 'Learner', 'TrainEvalCallback', 'Metric',
-           'AvgMetric', 'AvgLoss', 'mk_metric', 'AvgStats', 'AvgStatsCallback']
+           'CancelFitException', 'Callback', 'sort_by_run', 'print_row', 'Learner', 'TrainEvalCallback',
+           'resumes_record', 'Metric', 'AvgMetric', 'AvgLoss', 'mk_metric', 'AvgStats', 'AvgStatsCallback']
 
 # %% ../nbs/04_callbacks.ipynb #6c9a4f58
-import contextlib, difflib, importlib, numbers, re, time, warnings
+import contextlib, importlib, numbers, re, time, warnings
 from functools import partial
 from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 import torch.utils.data as tud
-from torch import nn, optim
 from fastcore.basics import patch, camel2snake
-from .core import params, to_detach, _param_groups, _as_tuple, _per_group, _check_spread, _set_hyper
-from .minibatch import DataLoader, Dataset, collate, _dataset, _describe_dl, _first_item, _check_loader
+from .core import params, to_detach, as_param_groups, as_tuple, per_group, set_group_hyper
+from .minibatch import DataLoader, Dataset, collate, dataset_of, describe_dl, first_item, check_loader
+from .checks import check_learner_args, check_fit, check_class_targets, check_events, explained, loss_name
 
 # %% ../nbs/04_callbacks.ipynb #fa0a3e0a
 class DataBunch:
@@ -28,11 +28,11 @@ class DataBunch:
                  vocab=None): # names of the classes, for `Learner.predict`
         if isinstance(train_dl, (Dataset, tud.Dataset)) and isinstance(valid_dl, (Dataset, tud.Dataset)):
             raise TypeError("DataBunch takes DataLoaders, and got two datasets: write DataBunch(*get_dls(train_ds, valid_ds, bs=64)).")
-        _check_loader(train_dl, "DataBunch's train_dl"); _check_loader(valid_dl, "DataBunch's valid_dl")
+        check_loader(train_dl, "DataBunch's train_dl"); check_loader(valid_dl, "DataBunch's valid_dl")
         self.train_dl, self.valid_dl, self.c, self.vocab = train_dl, valid_dl, c, vocab
         self._n_inp, self._specs = n_inp, None
-    train_ds = property(lambda self: _dataset(self.train_dl), doc="The training dataset")
-    valid_ds = property(lambda self: _dataset(self.valid_dl), doc="The validation dataset")
+    train_ds = property(lambda self: dataset_of(self.train_dl), doc="The training dataset")
+    valid_ds = property(lambda self: dataset_of(self.valid_dl), doc="The validation dataset")
     train = property(lambda self: self.train_dl, doc="fastai's name for the training DataLoader")
     valid = property(lambda self: self.valid_dl, doc="fastai's name for the validation DataLoader")
     def __getitem__(self, i): return (self.train_dl, self.valid_dl)[i]
@@ -64,11 +64,11 @@ class DataBunch:
     def n_inp(self):
         "How many items of a batch are inputs: as given, else all but the last of the first training item (None if unknown)."
         if self._n_inp is None:
-            item = _first_item(self.train_ds) or _first_item(self.valid_ds)
+            item = first_item(self.train_ds) or first_item(self.valid_ds)
             if item is not None: self._n_inp = max(len(item) - 1, 1)
         return self._n_inp
 
-    def __repr__(self): return f"DataBunch(train: {_describe_dl(self.train_dl)}, valid: {_describe_dl(self.valid_dl)}, c={self.c})"
+    def __repr__(self): return f"DataBunch(train: {describe_dl(self.train_dl)}, valid: {describe_dl(self.valid_dl)}, c={self.c})"
 
 DataLoaders = DataBunch
 
@@ -121,27 +121,6 @@ class Callback:
 
     def __repr__(self): return f"{type(self).__name__}(order={self.order})"
 
-# %% ../nbs/04_callbacks.ipynb #92850f91
-def _nearest_event(name):
-    "The event `name` was probably meant to be, or `None` if it does not look like an event."
-    alt = re.sub(r'^begin_', 'before_', name)
-    alt = re.sub(r'^on_(\w+?)_(begin|start)$', r'before_\1', alt)
-    alt = re.sub(r'^on_(\w+?)_end$', r'after_\1', alt)
-    close = difflib.get_close_matches(alt, _events, n=1, cutoff=0.75)
-    if not close and re.match(r'(before|after|begin|on)_', name): close = difflib.get_close_matches(alt, _events, n=1, cutoff=0)
-    return close[0] if close else None
-
-_checked = set()
-
-def _check_events(cb):
-    "Warn (once per class) about methods of `cb` that look like events but are not."
-    if type(cb) in _checked: return
-    _checked.add(type(cb))
-    for k in dir(type(cb)):
-        if k.startswith('_') or k in _events or hasattr(Callback, k) or not callable(getattr(type(cb), k)): continue
-        guess = _nearest_event(k)
-        if guess: warnings.warn(f"{type(cb).__name__}.{k} is not an event, so it will never be called; did you mean {guess}?", stacklevel=3)
-
 # %% ../nbs/04_callbacks.ipynb #8b3752d7
 def _matches(spec, cb):
     specs = spec if isinstance(spec, (list, tuple)) else [] if spec is None else [spec]
@@ -181,16 +160,6 @@ def _resolve(o):
     mod, name = o.rsplit('.', 1)
     return getattr(importlib.import_module(mod), name)
 
-def _shape(o): return tuple(o.shape) if hasattr(o, 'shape') else type(o).__name__
-
-def _loss_name(f): return getattr(f, '__name__', type(f).__name__)
-
-def _loss_error(learn, e):
-    "A `ValueError` naming the shapes that `loss_func` could not combine, with its original message."
-    return ValueError(f"{_loss_name(learn.loss_func)} failed on predictions of shape {_shape(learn.pred)} and targets of shape "
-                      f"{', '.join(str(_shape(o)) for o in learn.yb)}: {str(e).rstrip('.')}. Check that the model's output matches the loss "
-                      f"(e.g. {getattr(learn.data, 'c', None) or 'c'} class scores per item for cross entropy).")
-
 
 # %% ../nbs/04_callbacks.ipynb #fb68c24b
 class Learner:
@@ -209,45 +178,27 @@ class Learner:
                  progress=True,             # show progress bars (`defaults.progress`)
                  logger=print_row,          # receives the epoch table, one row (a list of strings) at a time
                  device=None):              # where to train (`MoveToDevice`; None: the best one this machine has)
-        _check_args(model, data, loss_func, opt_func)
+        check_learner_args(model, data, loss_func, opt_func, lr, wd)
         self.model, self.data, self.splitter, self.logger, self.device, self.opt = model, data, splitter, logger, device, None
         self.loss_func, self._default_loss = F.cross_entropy if loss_func is None else loss_func, loss_func is None
         self.opt_func = _resolve(defaults.opt_func) if opt_func is None else opt_func
-        self.lr = _check_spread('lr', defaults.lr if lr is None else lr, 'Learner')
-        self.wd = None if wd is None else _check_spread('wd', wd, 'Learner')
+        self.lr, self.wd = defaults.lr if lr is None else lr, wd
         self.wd_bn_bias, self.train_bn, self.moms = wd_bn_bias, train_bn, moms
         self._set_cbs([])
         self.n_epoch, self.start_epoch, self.epoch, self.iter, self.n_iter, self.training = 1, 0, 0, 0, 0, False
         self.xb, self.yb, self.pred, self.loss, self.loss_grad = (), (), None, None, None
-        self.dl, self._n_inp, self._loss_unchecked = None, None, True
+        self.dl, self._n_inp = None, None
         default_cbs = [*defaults.callbacks, *([defaults.progress] if progress else [])]
         self.add_cbs([TrainEvalCallback(), AvgStatsCallback(metrics)] + [_resolve(cb)() for cb in default_cbs] + _cb_list(cbs))
         self('after_create')
 
     x = property(lambda self: self.xb[0], doc="The first input of the batch")
     y = property(lambda self: self.yb[0], doc="The first target of the batch")
-    xb = property(lambda self: self._xb, lambda self, v: setattr(self, '_xb', _as_tuple(v)), doc="The inputs of the batch (a tuple)")
-    yb = property(lambda self: self._yb, lambda self, v: setattr(self, '_yb', _as_tuple(v)), doc="The targets of the batch (a tuple)")
+    xb = property(lambda self: self._xb, lambda self, v: setattr(self, '_xb', as_tuple(v)), doc="The inputs of the batch (a tuple)")
+    yb = property(lambda self: self._yb, lambda self, v: setattr(self, '_yb', as_tuple(v)), doc="The targets of the batch (a tuple)")
     dls = property(lambda self: self.data, lambda self, v: setattr(self, 'data', v), doc="fastai's name for `data`")
     metrics = property(lambda self: self.avg_stats.metrics, lambda self, v: setattr(self.avg_stats, 'metrics', v),
                        doc="The validation metrics (setting them takes effect at the next fit)")
-
-
-# %% ../nbs/04_callbacks.ipynb #5e7a1c30
-def _check_args(model, data, loss_func, opt_func):
-    "Refuse, saying what to write instead, the arguments of a `Learner` that could not train."
-    if isinstance(model, DataBunch) or isinstance(data, nn.Module):
-        raise TypeError("Learner takes (model, data), in the lesson's order, where fastai's takes (dls, model): swap the first two arguments.")
-    if data is not None and not hasattr(data, 'train_dl'):
-        fix = ('DataBunch(*data)' if isinstance(data, (tuple, list)) else 'DataBunch(*get_dls(train_ds, valid_ds, bs=64))'
-               if isinstance(data, (Dataset, tud.Dataset)) else 'DataBunch(train_dl, valid_dl)')
-        raise TypeError(f"Learner's data is a DataBunch of the training and validation DataLoaders; got a {type(data).__name__}: "
-                        f"write Learner(model, {fix}).")
-    if loss_func is not None and not callable(loss_func):
-        raise TypeError(f"loss_func must be a function of (pred, *targets), such as F.cross_entropy or nn.MSELoss(); got {loss_func!r}.")
-    if opt_func is not None and not callable(opt_func):
-        raise TypeError(f"opt_func must be a function that makes an optimizer from parameters, such as Adam or torch.optim.AdamW; "
-                        f"got {opt_func!r}.")
 
 
 # %% ../nbs/04_callbacks.ipynb #b5363fb8
@@ -255,8 +206,8 @@ def _check_args(model, data, loss_func, opt_func):
 def create_opt(self:Learner):
     "Make the optimizer for the model's parameters now, passed through each of `defaults.opt_adapters`; a `partial`'s `lr` becomes `learn.lr`, as in fastai."
     if isinstance(self.opt_func, partial) and 'lr' in self.opt_func.keywords: self.lr = self.opt_func.keywords['lr']
-    groups = _param_groups(self.splitter(self.model))
-    lrs = _per_group(self.lr, len(groups) if isinstance(groups[0], dict) else 1, 'lr', 'Learner')
+    groups = as_param_groups(self.splitter(self.model))
+    lrs = per_group(self.lr, len(groups) if isinstance(groups[0], dict) else 1, 'lr', 'Learner')
     self.opt = self.opt_func(groups, lr=lrs[-1])
     for adapt in defaults.opt_adapters: self.opt = _resolve(adapt)(self, self.opt)
     self.set_hyper('lr', lrs)
@@ -289,27 +240,22 @@ def _step(self:Learner): self.opt.step()
 
 @patch
 def _do_one_batch(self:Learner):
-    self.pred = self._first_pred() if self._loss_unchecked else self.model(*self.xb)
+    self.pred = self.model(*self.xb)
     self('after_pred')
     if self.yb:
-        self.loss_grad = self._first_loss() if self._loss_unchecked else self._loss()
-        self.loss = self.loss_grad.detach().clone() if self._copy_loss else self.loss_grad.detach()
+        self.loss_grad = self.loss_func(self.pred, *self.yb)
+        self.loss = self.loss_grad.detach()
     self('after_loss')
     if not self.training or not self.yb: return
-    if self._bare_step: self._backward(); self._step()
-    else:
-        self._with_events(self._backward, 'backward', CancelBackwardException)
-        self._with_events(self._step, 'step', CancelStepException)
+    self._with_events(self._backward, 'backward', CancelBackwardException)
+    self._with_events(self._step, 'step', CancelStepException)
     self.opt.zero_grad()
 
 @patch
 def _all_batches(self:Learner):
-    n_inp = self._n_inp
     for self.iter, b in enumerate(self.dl):
-        if not isinstance(b, (tuple, list)): b = (b,)
-        i = n_inp or max(len(b) - 1, 1)
-        self.xb, self.yb = b[:i], b[i:]
-        self.loss = self.loss_grad = None
+        self.xb, self.yb = _split(b, self._n_inp)
+        self.pred = self.loss = self.loss_grad = None
         self._with_events(self._do_one_batch, 'batch', CancelBatchException)
 
 @patch
@@ -332,13 +278,8 @@ def _do_fit(self:Learner):
 @patch
 def fit(self:Learner, n_epoch=1, lr=None, wd=None, cbs=None, reset_opt=False, start_epoch=0):
     "Train for `n_epoch` epochs from `learn.lr` (or `lr`), from `start_epoch` to resume a schedule; `cbs` are added for this fit only."
-    self._check_fit(n_epoch, start_epoch)
-    if reset_opt or self.opt is None or not self._opt_fits(): self.create_opt()
-    wd = self.wd if wd is None else wd
-    if wd is not None: self.set_hyper('wd', wd)
-    self.set_hyper('lr', self.lr if lr is None else lr)
-    self._n_inp, self._loss_unchecked = getattr(self.data, 'n_inp', None), True
-    with self.added_cbs(cbs):
+    self._ready_to_fit(n_epoch, start_epoch, lr, wd, reset_opt)
+    with self.added_cbs(cbs), explained(self):
         self.n_epoch, self.start_epoch = n_epoch, start_epoch
         try:
             self('before_fit')
@@ -352,83 +293,30 @@ def fit(self:Learner, n_epoch=1, lr=None, wd=None, cbs=None, reset_opt=False, st
     return self
 
 # %% ../nbs/04_callbacks.ipynb #e2682214
-def _check_epochs(n_epoch, start_epoch):
-    for name, v, lo in (('n_epoch', n_epoch, 1), ('start_epoch', start_epoch, 0)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
-            raise ValueError(f"{name} must be a whole number >= {lo}, got {name}={v!r}.")
-    if start_epoch >= n_epoch: raise ValueError(f"start_epoch={start_epoch} must be below n_epoch={n_epoch}: the fit would have nothing to do.")
-
 @patch
-def _check_data(self:Learner, where='fit'):
-    "Refuse to train a learner without training batches, saying how to give it some."
-    if getattr(self.data, 'train_dl', None) is None:
-        raise ValueError(f"{where}: this learner has no training data (a learner from load_learner has none): give it some first, "
-                         f"learn.dls = DataBunch(train_dl, valid_dl); to predict, use learn.predict(item) or learn.get_preds(dl=...).")
-    if not len(self.data.train_dl):
-        raise ValueError("The training DataLoader yields no batch (its dataset is empty, or drop_last drops the only batch); give it at least bs items.")
+def _ready_to_fit(self:Learner, n_epoch, start_epoch, lr, wd, reset_opt):
+    "Refuse a fit that could not train (`03a_checks`); make the optimizer if needed; set this fit's lr and weight decay."
+    check_fit(self, n_epoch, start_epoch)
+    if self._default_loss and self.loss_func is F.cross_entropy: check_class_targets(self.data)
+    self._n_inp = getattr(self.data, 'n_inp', None)
+    if reset_opt or self.opt is None or not self._opt_fits(): self.create_opt()
+    wd = self.wd if wd is None else wd
+    if wd is not None: self.set_hyper('wd', wd)
+    self.set_hyper('lr', self.lr if lr is None else lr)
 
-@patch
-def _check_fit(self:Learner, n_epoch, start_epoch):
-    "Refuse, before anything runs, a fit that could not train: epochs out of range, no batches, nothing to train."
-    _check_epochs(n_epoch, start_epoch)
-    self._check_data()
-    if self.data.valid_dl is not None and not len(self.data.valid_dl):
-        raise ValueError("The validation DataLoader yields no batch (its dataset is empty), so every valid_loss would be NaN; give it "
-                         "items, or make the DataBunch with valid_dl=None to train without validation.")
-    if not any(p.requires_grad for p in self.model.parameters()):
-        raise ValueError("No parameter of the model trains (each has requires_grad=False, or there are none), so a fit would change "
-                         "nothing; unfreeze some first (learn.unfreeze(), or p.requires_grad_(True)).")
+def _split(b, n_inp):
+    "The batch `b` as `(xb, yb)`: its first `n_inp` items are the inputs (None: all but the last); a tensor alone is one input."
+    b = b if isinstance(b, (tuple, list)) else (b,)
+    i = n_inp or max(len(b) - 1, 1)
+    return b[:i], b[i:]
 
-@patch
-def _loss(self:Learner):
-    try: return self.loss_func(self.pred, *self.yb)
-    except (RuntimeError, ValueError, IndexError) as e: raise _loss_error(self, e) from e
-
-@patch
-def _first_pred(self:Learner):
-    "The model's output on the first batch of a fit, with PyTorch's error on inputs of another dtype than the model's made clear."
-    try: return self.model(*self.xb)
-    except RuntimeError as e:
-        p = next(self.model.parameters(), None)
-        bad = [t.dtype for t in self.xb if isinstance(t, torch.Tensor) and t.is_floating_point() and p is not None and t.dtype != p.dtype]
-        if not bad: raise
-        raise TypeError(f"The inputs are {bad[0]} but the model's parameters are {p.dtype}, and the model cannot mix them. Convert the data "
-                        f"(e.g. Dataset(x.float(), y)) or the model (model.to({bad[0]})).") from e
-
-def _check_class_targets(pred, yb):
-    "Refuse targets that the default loss, cross entropy over class labels, would take in silence, naming the loss to pass instead."
-    y = yb[0] if len(yb) == 1 else None
-    if isinstance(y, torch.Tensor) and not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool): return
-    what = (f"{y.dtype} of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else
-            f"{len(yb)} per batch" if len(yb) != 1 else f"of type {type(y).__name__}")
-    multi = isinstance(y, torch.Tensor) and y.shape == getattr(pred, 'shape', None) and bool(((y == 0) | (y == 1)).all())
-    fixes = ["loss_func=nn.BCEWithLogitsLoss() for multi-label (multi-hot) targets", "loss_func=nn.MSELoss() for regression"]
-    raise ValueError(f"This Learner was made without a loss_func, and its default, cross entropy, takes integer class labels; the targets "
-                     f"are {what}. Pass {' or '.join(fixes if multi else fixes[::-1])}, or make class labels integers (y.long()).")
-
-@patch
-def _first_loss(self:Learner):
-    "The loss of the first batch of a fit, with targets the default loss cannot take refused, and PyTorch's broadcasting warning an error."
-    if self._default_loss and self.loss_func is F.cross_entropy: _check_class_targets(self.pred, self.yb)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
-        loss = self._loss()
-    self._loss_unchecked = False
-    for w in caught:
-        if 'target size' in str(w.message):
-            p, t = _shape(self.pred), _shape(self.yb[0])
-            raise ValueError(f"{_loss_name(self.loss_func)} got predictions of shape {p} and targets of shape {t}, which broadcast to "
-                             f"{tuple(torch.broadcast_shapes(p, t))}: every prediction would be compared with every target. "
-                             f"Give them the same shape (e.g. squeeze the model's last dimension, or unsqueeze the targets).")
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return loss
 
 # %% ../nbs/04_callbacks.ipynb #f3618133
 @patch
 def __repr__(self:Learner):
     n = sum(p.numel() for p in self.model.parameters())
-    opt = _opt_kind(self.opt) if self.opt is not None else f"{_loss_name(getattr(self.opt_func, 'func', self.opt_func))} (not made yet)"
-    return (f"Learner({type(self.model).__name__} ({n:,} parameters), {self.data!r}, loss_func={_loss_name(self.loss_func)}, "
+    opt = _opt_kind(self.opt) if self.opt is not None else f"{loss_name(getattr(self.opt_func, 'func', self.opt_func))} (not made yet)"
+    return (f"Learner({type(self.model).__name__} ({n:,} parameters), {self.data!r}, loss_func={loss_name(self.loss_func)}, "
             f"opt={opt}, lr={self.lr}, cbs=[{', '.join(type(cb).__name__ for cb in self.cbs)}])")
 
 def _opt_kind(opt):
@@ -456,10 +344,16 @@ def _every_item(dl):
 def _set_cbs(self:Learner, cbs):
     "Sort `cbs` and rebuild the event -> handlers table; raises (changing nothing) if they cannot be ordered."
     cbs = sort_by_run(cbs)
-    self._handlers = {e: tuple(getattr(cb, e) for cb in cbs if _handles(cb, e)) for e in _events}
-    self._bare_step = not any(self._handlers[e] for p in ('backward', 'step') for e in _part_events[p])
-    self._copy_loss = bool(self._handlers['after_loss']) or not self._bare_step  # who could change loss_grad in place before it is recorded
-    self.cbs = cbs
+    handlers = {e: tuple(getattr(cb, e) for cb in cbs if _handles(cb, e)) for e in _events}
+    if any(handlers[e] for e in _loss_changers): handlers['after_loss'] = (self._keep_loss,) + handlers['after_loss']
+    self._handlers, self.cbs = handlers, cbs
+
+_loss_changers = ('after_loss', *_part_events['backward'], *_part_events['step'])  # where a callback could change loss_grad in place
+
+@patch
+def _keep_loss(self:Learner):
+    "Make the recorded loss a copy: a callback that changes `loss_grad` in place then changes the gradients, not the record."
+    if self.loss is not None: self.loss = self.loss.clone()
 
 def _handles(cb, event): return event in vars(cb) or hasattr(type(cb), event)
 
@@ -479,7 +373,7 @@ def add_cb(self:Learner, cb):
     if not (hasattr(type(cb), 'order') and hasattr(type(cb), 'name')): raise TypeError(f"add_cb expects a Callback instance or class, got {cb!r}.")
     if getattr(self, cb.name, None) is not None:
         raise ValueError(f"The learner already has an attribute {cb.name!r} ({getattr(self, cb.name)!r}); remove it before adding {cb!r}.")
-    _check_events(cb)
+    check_events(cb, _events)
     self._set_cbs(self.cbs + [cb])
     _attach(self, cb)
     return cb
@@ -526,7 +420,7 @@ def removed_cbs(self:Learner, cbs):
 def set_hyper(self:Learner, name, val):
     "Set hyper `name` of every parameter group: to `val`, `val[i]` for group `i`, or spread from a slice; checked first."
     if self.opt is None: self.create_opt()
-    _set_hyper(self.opt.param_groups, name, val)
+    set_group_hyper(self.opt.param_groups, name, val)
 
 # %% ../nbs/04_callbacks.ipynb #5e7a1c12
 _loop = ('after_create', 'Start Fit', 'before_fit', 'Start Epoch Loop', 'before_epoch', 'Start Train', 'before_train', 'Start Batch Loop',
@@ -574,7 +468,7 @@ class TrainEvalCallback(Callback):
 # %% ../nbs/04_callbacks.ipynb #de2fec43
 def _fmt_time(t): return f"{int(t)//60:02d}:{int(t)%60:02d}"
 
-def _resumes(learn, n_epochs):
+def resumes_record(learn, n_epochs):
     "Whether this fit resumes a run from a record of its first `n_epochs` epochs (`start_epoch` is that many): the record then goes on."
     return 0 < learn.start_epoch == n_epochs
 
@@ -642,8 +536,7 @@ class AvgStats:
     "The loss and `metrics` of one phase (train or valid), each accumulated batch by batch."
     def __init__(self, metrics, in_train):
         self.in_train, self.loss, self.metrics = in_train, AvgLoss(), [mk_metric(m) for m in metrics]
-    @property
-    def all(self): return [self.loss] + self.metrics
+        self.all = [self.loss] + self.metrics  # the loss, then the metrics
     def reset(self):
         for m in self.all: m.reset()
     def accumulate(self, learn):
@@ -670,13 +563,14 @@ class AvgStatsCallback(Callback):
     @property
     def names(self): return ['epoch', 'train_loss', 'valid_loss'] + [m.name for m in self.metrics] + ['time']
     def before_fit(self):
-        if not _resumes(self.learn, len(self.history)): self.history = []
+        if not resumes_record(self.learn, len(self.history)): self.history = []
         self.learn.logger(self.names)
     def before_epoch(self):
         self.train_stats.reset(); self.valid_stats.reset()
         self.start = time.perf_counter()
     def after_batch(self):
-        if self.learn.loss is not None: (self.train_stats if self.learn.training else self.valid_stats).accumulate(self.learn)
+        learn = self.learn
+        if learn.loss is not None: (self.train_stats if learn.training else self.valid_stats).accumulate(learn)
     def after_epoch(self):
         (tl, *_), (vl, *mets) = self.train_stats.avg_stats, self.valid_stats.avg_stats
         row = dict(zip(self.names, [self.learn.epoch, tl, vl, *mets, time.perf_counter() - self.start]))

@@ -8,7 +8,7 @@ __all__ = []
 # %% ../nbs/16c_fit_policies.ipynb #3c98a85d
 import numbers
 from fastcore.basics import patch
-from .core import norm_bias_params, _check_positive, _freeze_groups, _one_group, _clear_state
+from .core import norm_bias_params, check_positive, freeze_groups, check_freezable, _clear_state
 from .callbacks import Learner
 from .anneal import ParamScheduler, combine_scheds, sched_cos, sched_no
 from .accel_sgd import _check_pct
@@ -18,14 +18,14 @@ from .accel_sgd import _check_pct
 def fit_flat_cos(self:Learner, n_epoch, lr=None, div_final=1e5, pct_start=0.75, wd=None, cbs=None, reset_opt=False, start_epoch=0):
     "Fit `n_epoch` epochs at a flat `lr` for `pct_start` of the training, then anneal it with a cosine to `lr/div_final`."
     lrs = self._sched_lrs(lr, 'fit_flat_cos', reset_opt)
-    _check_positive('div_final', div_final, where='fit_flat_cos'); _check_pct('fit_flat_cos', pct_start)
+    check_positive('div_final', div_final, where='fit_flat_cos'); _check_pct('fit_flat_cos', pct_start)
     sched = [combine_scheds([pct_start, 1 - pct_start], [sched_no(l, l), sched_cos(l, l / div_final)]) for l in lrs]
     return self.fit(n_epoch, wd=wd, cbs=[ParamScheduler('lr', sched)] + list(cbs or []), start_epoch=start_epoch)
 
 @patch
 def fit_sgdr(self:Learner, n_cycles, cycle_len, lr_max=None, cycle_mult=2, cbs=None, reset_opt=False, wd=None, start_epoch=0):
     "SGD with warm restarts: `n_cycles` cosine annealings from `lr_max` to 0, the first `cycle_len` epochs long, each `cycle_mult` times longer."
-    for name, v in (('n_cycles', n_cycles), ('cycle_len', cycle_len), ('cycle_mult', cycle_mult)): _check_positive(name, v, numbers.Integral, 'fit_sgdr')
+    for name, v in (('n_cycles', n_cycles), ('cycle_len', cycle_len), ('cycle_mult', cycle_mult)): check_positive(name, v, numbers.Integral, 'fit_sgdr')
     lrs = self._sched_lrs(lr_max, 'fit_sgdr', reset_opt)
     lens = [cycle_len * cycle_mult ** i for i in range(n_cycles)]
     n_epoch = sum(lens)
@@ -39,14 +39,14 @@ def freeze_to(self:Learner, n, train_bn=None):
     if self.opt is None: self.create_opt()
     train_bn = self.train_bn if train_bn is None else train_bn
     keep = {id(p) for p in norm_bias_params(self.model, with_bias=False)} if train_bn else set()
-    _freeze_groups([pg['params'] for pg in self.opt.param_groups], n, keep)
+    freeze_groups([pg['params'] for pg in self.opt.param_groups], n, keep)
     _clear_state(self.opt)
 
 @patch
 def freeze(self:Learner, train_bn=None):
     "Train only the last parameter group (and normalisation layers if `train_bn`, default `learn.train_bn`)."
     if self.opt is None: self.create_opt()
-    if len(self.opt.param_groups) < 2: raise ValueError(_one_group)
+    check_freezable(len(self.opt.param_groups))
     self.freeze_to(-1, train_bn)
 
 @patch

@@ -13,7 +13,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from fastcore.basics import patch
 from .minibatch import DataLoader
-from .core import apply, _check_positive, _state_to_params
+from .core import apply, check_positive, _state_to_params
 from .callbacks import Callback, Learner, CancelBatchException, CancelStepException
 
 # %% ../nbs/17_hardware.ipynb #8e00a988
@@ -76,9 +76,13 @@ class MoveToDevice(Callback):
         self._pinned = ()
     before_validate = _place_model
     def before_batch(self):
-        learn, dev = self.learn, self.learn.device
-        if all(isinstance(t, torch.Tensor) and t.device == dev for t in learn.xb + learn.yb): return
-        learn.xb, learn.yb = to_device(learn.xb, dev), to_device(learn.yb, dev)
+        learn = self.learn
+        dev = learn.device
+        for part in (learn.xb, learn.yb):
+            for t in part:
+                if not isinstance(t, torch.Tensor) or t.device != dev:
+                    learn.xb, learn.yb = to_device(learn.xb, dev), to_device(learn.yb, dev)
+                    return
 
 # %% ../nbs/17_hardware.ipynb #05875f20
 class SyncCounter(TorchFunctionMode):
@@ -109,7 +113,7 @@ class MixedPrecision(Callback):
         if dtype not in (torch.bfloat16, torch.float16):
             raise ValueError(f"MixedPrecision needs dtype torch.bfloat16 or torch.float16 ('bf16' or 'fp16'), got {dtype!r}; "
                              "for float32, remove it (learn.to_fp32()).")
-        _check_positive('init_scale', init_scale)
+        check_positive('init_scale', init_scale)
         self.dtype, self.init_scale = dtype, init_scale
         self.scaler, self._saved, self._in_autocast, self._unscaled = None, None, False, False
 
@@ -178,7 +182,7 @@ def to_fp32(self:Learner):
 class GradientAccumulation(Callback):
     "Steps once `n_acc` items have been seen, on the mean gradient of the items since the last step: one step of an `n_acc`-item batch."
     order, run_before = MixedPrecision.order - 4, MixedPrecision
-    def __init__(self, n_acc=32): _check_positive('n_acc', n_acc, numbers.Integral); self.n_acc = n_acc
+    def __init__(self, n_acc=32): check_positive('n_acc', n_acc, numbers.Integral); self.n_acc = n_acc
     def before_fit(self):
         self.count = 0
         self.learn.opt.zero_grad()
@@ -202,6 +206,6 @@ class GradientClip(Callback):
     "Rescales the gradients so their total norm is at most `max_norm`, in `before_step`: after accumulation and loss unscaling."
     order, run_after = MixedPrecision.order + 1, [GradientAccumulation, MixedPrecision]
     def __init__(self, max_norm=1., norm_type=2.):
-        _check_positive('max_norm', max_norm); _check_positive('norm_type', norm_type)
+        check_positive('max_norm', max_norm); check_positive('norm_type', norm_type)
         self.max_norm, self.norm_type = max_norm, norm_type
     def before_step(self): self.norm = nn.utils.clip_grad_norm_(self.learn.model.parameters(), self.max_norm, self.norm_type)

@@ -9,7 +9,7 @@ __all__ = ['ClassificationInterpretation']
 import math
 import torch
 from fastcore.basics import patch
-from .core import apply, _subplots
+from .core import apply, subplots
 import exp_lib.predict  # Learner.get_preds, which from_learner calls
 
 # %% ../nbs/19_interpret.ipynb #433473e3
@@ -91,7 +91,7 @@ def plot_confusion_matrix(self:ClassificationInterpretation, normalize=False, ti
     cm = self.confusion_matrix().float()
     if normalize: cm = cm / cm.sum(1, keepdim=True).clamp(min=1)
     c = len(cm)
-    ax = ax or _subplots(**{'figsize': (0.6 * c + 2, 0.6 * c + 2), **kwargs})[1]
+    ax = ax or subplots(**{'figsize': (0.6 * c + 2, 0.6 * c + 2), **kwargs})[1]
     ax.imshow(cm.numpy(), cmap=cmap)
     ax.set_xticks(range(c), self.vocab); ax.set_yticks(range(c), self.vocab)
     for i, j in ((i, j) for i in range(c) for j in range(c) if plot_txt):
@@ -107,7 +107,7 @@ def plot_top_losses(self:ClassificationInterpretation, k=9, largest=True, ncols=
     if isinstance(k, (list, tuple, range)): losses, idxs = losses[list(k)], idxs[list(k)]
     inputs = self.inputs[0] if isinstance(self.inputs, (tuple, list)) else self.inputs
     nrows = max(1, math.ceil(len(idxs) / ncols))
-    fig, axs = _subplots(nrows, ncols, squeeze=False, **{'figsize': (2.4 * ncols, 2.6 * nrows), **kwargs})
+    fig, axs = subplots(nrows, ncols, squeeze=False, **{'figsize': (2.4 * ncols, 2.6 * nrows), **kwargs})
     for ax in axs.flat: ax.axis('off')
     for ax, l, i in zip(axs.flat, losses.tolist(), idxs.tolist()):
         _show(ax, inputs[i])

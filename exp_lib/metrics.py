@@ -64,6 +64,8 @@ class AccumMetric(Metric):
     @property
     def name(self): return self._name
 
+
+# %% ../nbs/04a_metrics.ipynb #7269cc80
 def error_rate(inp, targ):
     "1 - `accuracy`."
     return 1 - accuracy(inp, targ)
@@ -78,6 +80,7 @@ def _rmse(inp, targ):
     return F.mse_loss(inp, targ).sqrt()
 
 rmse = AccumMetric(_rmse, name='rmse')
+
 
 # %% ../nbs/04a_metrics.ipynb #47c7620d
 _bar_kinds = {'html': (NBMasterBar, NBProgressBar), 'console': (ConsoleMasterBar, ConsoleProgressBar)}

@@ -4,14 +4,14 @@
 
 # %% auto #0
 __all__ = ['logsumexp', 'log_softmax', 'nll', 'cross_entropy', 'flatten_check', 'accuracy', 'Dataset', 'Sampler', 'collate',
-           'DataLoader', 'get_dls', 'fit']
+           'DataLoader', 'dataset_of', 'describe_dl', 'first_item', 'check_loader', 'get_dls', 'fit']
 
 # %% ../nbs/03_minibatch.ipynb #c7b4ba36
 import math, numbers
 import torch
 import torch.utils.data as tud
 import torch.nn.functional as F
-from .core import _check_positive
+from .core import check_positive
 
 # %% ../nbs/03_minibatch.ipynb #6064a2d0
 def logsumexp(x):
@@ -74,7 +74,7 @@ class Dataset:
 class Sampler:
     "Yields batches of `bs` indices into `ds`: in order, or a fresh permutation every epoch when `shuffle`."
     def __init__(self, ds, bs, shuffle=False):
-        _check_positive('bs', bs, numbers.Integral, 'Sampler')
+        check_positive('bs', bs, numbers.Integral, 'Sampler')
         self.n, self.bs, self.shuffle = len(ds), int(bs), shuffle
     def __iter__(self):
         idxs = torch.randperm(self.n) if self.shuffle else torch.arange(self.n)
@@ -155,22 +155,22 @@ class DataLoader:
     def __repr__(self): return f"DataLoader({self.ds!r}, bs={self.bs}, batches={len(self)})"
 
 # %% ../nbs/03_minibatch.ipynb #f78e2025
-def _dataset(dl):
+def dataset_of(dl):
     "The dataset of an exp_lib (`.ds`) or PyTorch (`.dataset`) DataLoader (None for none)."
     return None if dl is None else dl.dataset if hasattr(dl, 'dataset') else getattr(dl, 'ds', None)
 
-def _describe_dl(dl):
+def describe_dl(dl):
     if dl is None: return 'none'
-    ds = _dataset(dl)
+    ds = dataset_of(dl)
     return f"{len(ds) if hasattr(ds, '__len__') else '?'} items in {len(dl)} batches"
 
-def _first_item(ds):
+def first_item(ds):
     "The first item of `ds` as a tuple, or None if it has none or cannot be indexed."
     try: item = ds[0] if ds is not None and len(ds) else None
     except (TypeError, IndexError, KeyError, NotImplementedError): return None
     return tuple(item) if isinstance(item, (tuple, list)) else None
 
-def _check_loader(dl, where):
+def check_loader(dl, where):
     "`dl` if it is None or an iterable of batches; else a TypeError, naming what it is and what to write (a dataset, a tensor, one batch...)."
     if dl is None or isinstance(dl, (DataLoader, tud.DataLoader)): return dl
     make = "DataLoader(Dataset(x, y), bs=64)"

@@ -9,7 +9,7 @@ __all__ = ['TorchParamGroup', 'OptimWrapper']
 import inspect
 from collections.abc import MutableMapping
 import torch
-from .core import _check_hyper, _per_group, _set_hyper, _freeze_groups, _one_group, _state_to_params
+from .core import check_hyper, per_group, set_group_hyper, freeze_groups, check_freezable, _state_to_params
 from .accel_sgd import _check_hypers
 
 # %% ../nbs/16b_optim_wrapper.ipynb #ce63cb3f
@@ -29,7 +29,7 @@ class TorchParamGroup(MutableMapping):
         t = self.hp_map.get(k, k)
         return self.pg[t[0]][t[1]] if isinstance(t, tuple) else self.pg[t]
     def __setitem__(self, k, v):
-        _check_hyper(k, v, 'param_groups')
+        check_hyper(k, v, 'param_groups')
         t = self.hp_map.get(k, k)
         if isinstance(t, tuple):
             vals = list(self.pg[t[0]]); vals[t[1]] = v; self.pg[t[0]] = tuple(vals)
@@ -51,7 +51,7 @@ class OptimWrapper:
             if params and isinstance(params[0], (list, tuple)): params = [{'params': list(g)} for g in params]
             ours = {k: kwargs.pop(k) for k in list(kwargs) if k in ('mom', 'sqr_mom', 'wd') or isinstance(kwargs[k], (list, slice))}
             n = len(params) if params and isinstance(params[0], dict) else 1
-            if 'lr' in ours: kwargs['lr'] = _per_group(ours['lr'], n, 'lr', 'OptimWrapper')[-1]
+            if 'lr' in ours: kwargs['lr'] = per_group(ours['lr'], n, 'lr', 'OptimWrapper')[-1]
             self.opt = opt(params, **kwargs)
         closure = inspect.signature(self.opt.step).parameters.get('closure')
         if closure is not None and closure.default is inspect.Parameter.empty:
@@ -60,7 +60,7 @@ class OptimWrapper:
         self.hp_map, self._views = _hp_map(self.opt.param_groups[0]), []
         for k, v in ours.items():
             if k not in self.hp_map: raise KeyError(f"{type(self.opt).__name__} has no hyper {k!r}; it has {sorted(self.hp_map)}.")
-            for pg, o in zip(self.param_groups, _per_group(v, len(self.opt.param_groups), k, 'OptimWrapper')): pg[k] = o
+            for pg, o in zip(self.param_groups, per_group(v, len(self.opt.param_groups), k, 'OptimWrapper')): pg[k] = o
         for i, pg in enumerate(self.param_groups): _check_hypers({k: pg[k] for k in self.hp_map}, f"{type(self.opt).__name__} parameter group {i}")
     @property
     def param_groups(self):
@@ -75,14 +75,14 @@ class OptimWrapper:
     def load_state_dict(self, sd): self.opt.load_state_dict(sd)
     def clear_state(self): self.opt.state.clear()
     def state_to_params(self): _state_to_params(self.opt)
-    def freeze_to(self, n): _freeze_groups([pg['params'] for pg in self.opt.param_groups], n)
+    def freeze_to(self, n): freeze_groups([pg['params'] for pg in self.opt.param_groups], n)
     def freeze(self):
-        if len(self.opt.param_groups) < 2: raise ValueError(_one_group)
+        check_freezable(len(self.opt.param_groups))
         self.freeze_to(-1)
     def unfreeze(self): self.freeze_to(0)
     def set_hyper(self, name, val):
         "fastai's `set_hyper`, by exp_lib's hyper names (or the torch optimizer's own): one value, one per group, or a slice."
-        _set_hyper(self.param_groups, name, val, f'{type(self.opt).__name__}.set_hyper')
+        set_group_hyper(self.param_groups, name, val, f'{type(self.opt).__name__}.set_hyper')
     def set_hypers(self, **kwargs):
         for k, v in kwargs.items(): self.set_hyper(k, v)
     @property

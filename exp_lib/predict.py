@@ -14,8 +14,9 @@ import torch.utils.data as tud
 from torch import nn
 from fastcore.basics import patch
 from .core import apply, rng_states, set_rng_states, _plain
-from .minibatch import DataLoader, Dataset, cross_entropy, _as_tensor, _check_loader, _first_item
-from .callbacks import Callback, Learner, DataBunch, AvgStats, CancelValidException, _fixed_order, _every_item, _loss_name, _opt_kind
+from .minibatch import DataLoader, Dataset, cross_entropy, _as_tensor, check_loader, first_item
+from .callbacks import Callback, Learner, DataBunch, AvgStats, CancelValidException, _fixed_order, _every_item, _opt_kind
+from .checks import explained, loss_name
 from .metrics import ProgressCallback
 
 # %% ../nbs/04b_predict.ipynb #df15dda7
@@ -23,7 +24,7 @@ from .metrics import ProgressCallback
 def item_specs(self:DataBunch):
     "`(shape, dtype)` of each input of one item, from the data (None if unknown): how `predict` tells one item from a batch."
     if self._specs is None:
-        item = _first_item(self.train_ds) or _first_item(self.valid_ds)
+        item = first_item(self.train_ds) or first_item(self.valid_ds)
         if item is not None and self.n_inp is not None:
             self._specs = [(tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else None for t in item[:self.n_inp]]
     return self._specs
@@ -51,7 +52,7 @@ def test_dl(self:DataBunch, test_items, with_labels=False, bs=None):
     return DataLoader(ds, bs or valid_bs or self.bs or 64)
 
 # %% ../nbs/04b_predict.ipynb #ab2a019b
-_loop_state = ('dl', 'training', 'iter', 'n_iter', 'xb', 'yb', 'pred', 'loss', 'loss_grad', '_n_inp', '_loss_unchecked')
+_loop_state = ('dl', 'training', 'iter', 'n_iter', 'xb', 'yb', 'pred', 'loss', 'loss_grad', '_n_inp')
 
 @patch
 def _infer(self:Learner, dl, cbs=(), n_inp=None):
@@ -59,8 +60,8 @@ def _infer(self:Learner, dl, cbs=(), n_inp=None):
     state, mode, rng = {k: getattr(self, k) for k in _loop_state}, self.model.training, rng_states()
     aside = [cb for cb in self.cbs if not cb.run_probe or isinstance(cb, ProgressCallback)]
     try:
-        with self.removed_cbs(aside), self.added_cbs(cbs), torch.no_grad():
-            self._n_inp, self._loss_unchecked = n_inp or getattr(self.data, 'n_inp', None), True
+        with self.removed_cbs(aside), self.added_cbs(cbs), torch.no_grad(), explained(self):
+            self._n_inp = n_inp or getattr(self.data, 'n_inp', None)
             self._do_phase(dl, False, 'validate', CancelValidException)
     finally:
         for k, v in state.items(): setattr(self, k, v)
@@ -83,7 +84,7 @@ def _per_item_loss(loss_func, pred, *yb):
         finally: loss_func.reduction = old
     try: return loss_func(pred, *yb, reduction='none')
     except TypeError as e: raise ValueError(f"with_loss needs a loss function that takes reduction='none' (as torch.nn.functional's do); "
-                                            f"{_loss_name(loss_func)} does not ({e}).") from None
+                                            f"{loss_name(loss_func)} does not ({e}).") from None
 
 class GatherPreds(Callback):
     "Collects, on the CPU, each batch's predictions and targets (and inputs and per-item losses if asked) during an inference pass."
@@ -140,7 +141,7 @@ def _data_dl(learn, ds_idx, where):
 def get_preds(self:Learner, ds_idx=1, dl=None, with_input=False, with_decoded=False, with_loss=False, act=None, reorder=True):
     "`(inputs?, preds, targets, decoded?, losses?)` over `dl` (default: `data[ds_idx]`), on the CPU; each item once, in dataset order if `reorder`."
     _check_ds_idx(ds_idx, 'get_preds')
-    dl = _data_dl(self, ds_idx, 'get_preds') if dl is None else _check_loader(dl, 'get_preds(dl=...)')
+    dl = _data_dl(self, ds_idx, 'get_preds') if dl is None else check_loader(dl, 'get_preds(dl=...)')
     rng = torch.get_rng_state()
     try: dl, idxs = _fixed_order(dl)
     finally: torch.set_rng_state(rng)
@@ -169,7 +170,7 @@ def validate(self:Learner, ds_idx=1, dl=None):
     _check_ds_idx(ds_idx, 'validate')
     stats = AvgStats(self.avg_stats.metrics, False)
     stats.reset()
-    self._infer(_every_item(_data_dl(self, ds_idx, 'validate') if dl is None else _check_loader(dl, 'validate(dl=...)')), [_Stats(stats)])
+    self._infer(_every_item(_data_dl(self, ds_idx, 'validate') if dl is None else check_loader(dl, 'validate(dl=...)')), [_Stats(stats)])
     return stats.avg_stats
 
 def _one_item(x, spec):
@@ -240,12 +241,12 @@ def summary(self:Learner):
         for h in hooks: h.remove()
     ps = list(self.model.parameters())
     n, n_train, line = sum(p.numel() for p in ps), sum(p.numel() for p in ps if p.requires_grad), '=' * 72
-    opt = _opt_kind(self.opt) if self.opt is not None else _loss_name(getattr(self.opt_func, 'func', self.opt_func))
+    opt = _opt_kind(self.opt) if self.opt is not None else loss_name(getattr(self.opt_func, 'func', self.opt_func))
     out = [f"{type(_plain(self.model)).__name__} (input shape: {_shapes(inputs[0] if len(inputs[0]) > 1 else inputs[0][0])})", line,
            f"{'Layer (type)':<24}{'Output Shape':<24}{'Param #':<12}Trainable", line]
     out += [f"{name:<24}{shape:<24}{f'{k:,}' if k else '':<12}{trains}".rstrip() for name, shape, k, trains in rows]
     out += [line, f"Total params: {n:,}", f"Total trainable params: {n_train:,}", f"Total non-trainable params: {n - n_train:,}", '',
-            f"Optimizer used: {opt}", f"Loss function: {_loss_name(self.loss_func)}", '', 'Callbacks:']
+            f"Optimizer used: {opt}", f"Loss function: {loss_name(self.loss_func)}", '', 'Callbacks:']
     out += [f"  - {type(cb).__name__}" for cb in self.cbs]
     return _Report('\n'.join(out))
 

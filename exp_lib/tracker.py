@@ -8,7 +8,7 @@ __all__ = ['TrackerCallback', 'SaveModelCallback', 'EarlyStoppingCallback', 'Red
 # %% ../nbs/04d_tracker.ipynb #ee4a1145
 import math, numbers, operator
 from pathlib import Path
-from .core import _check_hyper, _check_positive
+from .core import check_hyper, check_positive
 from .callbacks import Callback, CancelFitException, AvgStatsCallback
 import exp_lib.checkpoint  # Learner.save and Learner._load_weights, which SaveModelCallback calls
 
@@ -63,7 +63,7 @@ class SaveModelCallback(TrackerCallback):
 class _Plateau(TrackerCallback):
     "Base of callbacks that act (their `plateau` method) when `monitor` has not improved for `patience` epochs."
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., patience=1, reset_on_fit=True):
-        _check_positive('patience', patience, numbers.Integral, type(self).__name__)
+        check_positive('patience', patience, numbers.Integral, type(self).__name__)
         super().__init__(monitor, comp, min_delta, reset_on_fit)
         self.patience = patience
     def before_fit(self): super().before_fit(); self.wait = 0
@@ -86,7 +86,7 @@ class ReduceLROnPlateau(_Plateau):
         if not (isinstance(factor, numbers.Real) and math.isfinite(factor) and factor > 1):
             raise ValueError(f"ReduceLROnPlateau: factor divides the lr, so it must be a finite number > 1, got factor={factor!r}.")
         super().__init__(monitor, comp, min_delta, patience, reset_on_fit)
-        self.factor, self.min_lr = factor, _check_hyper('lr', min_lr, 'ReduceLROnPlateau min_lr')
+        self.factor, self.min_lr = factor, check_hyper('lr', min_lr, 'ReduceLROnPlateau min_lr')
     def plateau(self):
         for pg in self.learn.opt.param_groups: pg['lr'] = max(pg['lr'] / self.factor, self.min_lr)
         self.wait = 0

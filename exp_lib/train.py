@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from .data import get_mnist
 from .minibatch import Dataset, accuracy, get_dls
-from .core import rank_distrib, ensure_folder, atomic_write, remove_stale_tmps, _subplots, _pyplot
+from .core import rank_distrib, ensure_folder, atomic_write, remove_stale_tmps, subplots, _pyplot
 from .callbacks import Callback, DataBunch, Learner, AvgStatsCallback
 from .checkpoint import checkpoint_meta
 from .anneal import CSVLogger, TensorBoardCallback
@@ -126,6 +126,8 @@ def _out_paths(args, made):
         _probe(args.tensorboard, 'the TensorBoard logs', '--tensorboard', made)
     return out
 
+
+# %% ../nbs/20_train.ipynb #c17c63ea
 def _tensorboard(log_dir):
     try: return TensorBoardCallback(log_dir)
     except ImportError as e: raise _UsageError(str(e)) from None
@@ -168,6 +170,8 @@ def _savefig(fig, path):
     try: return atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=100, bbox_inches='tight'), f"the plot {path}")
     finally: _pyplot().close(fig)
 
+
+# %% ../nbs/20_train.ipynb #71a85a8d
 class _Lock:
     "An exclusive lock on the file `path` while this process holds it: the system drops it when the process ends, however it ends."
     def __init__(self, path, what): self.path, self.what, self.fd = Path(path), what, None
@@ -199,6 +203,7 @@ def _take_locks(args, out, stack):
         if p: locks.setdefault(Path(p).resolve().with_name(f'.{Path(p).name}.lock'), f"--{opt.replace('_', '-')} {p}")
     for path, what in sorted(locks.items()): stack.enter_context(_Lock(path, what))
     for folder in {p.parent for p in locks}: remove_stale_tmps(folder)
+
 
 # %% ../nbs/20_train.ipynb #22ef73a6
 class _Diverged(Exception): pass
@@ -249,7 +254,7 @@ def _resume_from(args):
 # %% ../nbs/20_train.ipynb #2e1788e0
 def _interpretation_plots(learn, out, what):
     interp = ClassificationInterpretation.from_learner(learn)
-    fig, ax = _subplots(figsize=(8, 8))
+    fig, ax = subplots(figsize=(8, 8))
     interp.plot_confusion_matrix(title=f'confusion matrix: {what}', ax=ax)
     return [_savefig(fig, out/'confusion.png'), _savefig(interp.plot_top_losses(9, title=what), out/'top_losses.png')]
 
@@ -272,7 +277,7 @@ def _train(learn, args, out, meta):
         if rank0: print(f"resuming from {args.resume} after epoch {start - 1}" if start < args.epochs else
                         f"the run in {args.resume} trained all its {args.epochs} epochs: writing what it had still to write")
     elif args.lr == 'auto':
-        fig, ax = _subplots(figsize=(6, 4))
+        fig, ax = subplots(figsize=(6, 4))
         learn.lr = learn.lr_find(ax=ax, show_plot=rank0).valley
         if rank0:
             written.append(_savefig(fig, out/'lr_find.png'))
@@ -313,7 +318,7 @@ def run_compare(args, data, out):
     rows, recs = compare_optimizers(partial(_learner_for, args, data, logger=lambda row: None, progress=not args.no_progress), args.compare, args.epochs, sched=args.sched, seed=args.seed, lr=args.lr, wd=args.wd)
     for name, rec in recs.items(): _check_trained(rec.learn, f" of {name}")
     print(write_table(rows, out), end='')
-    fig, ax = _subplots(figsize=(7, 4))
+    fig, ax = subplots(figsize=(7, 4))
     plot_comparison(recs, ax=ax)
     return rows, [out/'compare.md', out/'compare.csv', _savefig(fig, out/'compare.png')]
 

@@ -180,13 +180,13 @@ def test_a_compiled_step_waits_for_nothing_while_its_hypers_change():
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step(); opt.zero_grad()
     for i in range(3): step(i)  # the state made (Adam's first step), the pass compiled (its second)
-    graphs, before = sum(c.graphs for c in opt._flat.chains.values()), [p.detach().clone() for p in model.parameters()]
+    graphs, before = sum(c.graphs_made for c in opt.passes.values()), [p.detach().clone() for p in model.parameters()]
     try:
         torch.cuda.set_sync_debug_mode('error')
         for i in range(3, 12): step(i)
     finally: torch.cuda.set_sync_debug_mode('default')
-    assert opt._flat.chains and all(c.direct and c.made for c in opt._flat.chains.values()), 'stepping straight into the compiled code'
-    assert sum(c.graphs for c in opt._flat.chains.values()) == graphs, 'nothing compiled anew'
+    assert opt.passes and all(c.shortcut_ok and c.shortcut for c in opt.passes.values()), 'stepping straight into the compiled code'
+    assert sum(c.graphs_made for c in opt.passes.values()) == graphs, 'nothing compiled anew'
     assert not same(before, [p.detach() for p in model.parameters()]), 'the weights moved'
 
 def test_a_torch_dataloader_of_gpu_tensors_trains():
@@ -266,22 +266,21 @@ def test_a_learner_exported_on_the_gpu_predicts_where_there_is_none(tmp_path):
 
 @pytest.mark.parametrize('flat', [True, False, 'compiled'])
 @pytest.mark.parametrize('ours, theirs', [
-    (lambda g: Adam(g, 0.01, wd=0.01), lambda g: torch.optim.AdamW(g, 0.01, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)),
-    (lambda g: SGD(g, 0.1, mom=0.9), lambda g: torch.optim.SGD(g, 0.1, momentum=0.9)),
-    (lambda g: RMSProp(g, 0.01), lambda g: torch.optim.RMSprop(g, 0.01, alpha=0.99, eps=1e-8)),
+    (lambda g, **how: Adam(g, 0.01, wd=0.01, **how), lambda g: torch.optim.AdamW(g, 0.01, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)),
+    (lambda g, **how: SGD(g, 0.1, mom=0.9, **how), lambda g: torch.optim.SGD(g, 0.1, momentum=0.9)),
+    (lambda g, **how: RMSProp(g, 0.01, **how), lambda g: torch.optim.RMSprop(g, 0.01, alpha=0.99, eps=1e-8)),
 ], ids=['adamw', 'sgd-momentum', 'rmsprop'])
 def test_optimizers_match_torch_optim_on_the_gpu(ours, theirs, flat):
-    def trajectory(make):
+    def trajectory(make, **how):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 5)).cuda()
-        opt = make([{'params': list(model[0].parameters()), 'lr': 0.01}, {'params': list(model[2].parameters()), 'lr': 0.003}])
-        if hasattr(opt, 'flat'): opt.flat, opt.compile = bool(flat), flat == 'compiled'  # compiled: every part, however small
+        opt = make([{'params': list(model[0].parameters()), 'lr': 0.01}, {'params': list(model[2].parameters()), 'lr': 0.003}], **how)  # compiled: every part
         g = torch.Generator('cuda').manual_seed(1)
         for _ in range(30):
             nn.functional.cross_entropy(model(torch.randn(16, 20, device='cuda', generator=g)), torch.randint(0, 5, (16,), device='cuda', generator=g)).backward()
             opt.step(); opt.zero_grad()
         return [p.detach() for p in model.parameters()]
-    a, b = trajectory(ours), trajectory(theirs)
+    a, b = trajectory(ours, flat=bool(flat), compile=flat == 'compiled'), trajectory(theirs)
     torch.manual_seed(0)
     start = [p.detach() for p in nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 5)).parameters()]
     assert max(float((x - y).abs().max()) for x, y in zip(a, b)) <= 1e-6
@@ -302,8 +301,8 @@ def test_a_compiled_optimizer_resumed_on_the_gpu_is_the_run_that_never_stopped()
             if i == resume_at:
                 sd = copy.deepcopy(opt.state_dict())
                 opt = Adam(model.parameters(), 0.01, wd=0.01, compile=True); opt.load_state_dict(sd)
-        assert opt._flat.chains and all(c.fn is not None for c in opt._flat.chains.values()), 'compiled'
-        assert all(c.direct and c.made for c in opt._flat.chains.values()), 'stepping straight into the code torch.compile made, as on the CPU'
+        assert opt.passes and all(c.fn is not None for c in opt.passes.values()), 'compiled'
+        assert all(c.shortcut_ok and c.shortcut for c in opt.passes.values()), 'stepping straight into the code torch.compile made, as on the CPU'
         return weights(type('L', (), {'model': model}))
     assert same(run(), run(resume_at=7))
 

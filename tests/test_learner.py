@@ -170,3 +170,45 @@ def test_a_training_batch_computes_what_a_hand_written_loop_computes():
     ours, theirs = per_batch(learner), per_batch(by_hand)
     assert ours == theirs, (ours, theirs)
     assert theirs['aten.addmm.default'] == 10, theirs  # it counts: two layers, five batches
+
+def test_callback_mistakes_are_reported():
+    "An old event name is reported by add_cb with the event it means; a callback setting learner state on itself is warned about."
+    import warnings
+    class Old(Callback):
+        def begin_fit(self): pass
+        def on_batch_end(self): pass
+    learn = Learner(nn.Linear(3, 2), tiny_data(), **QUIET)
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter('always')
+        learn.add_cb(Old())
+    msgs = [str(w.message) for w in ws]
+    assert any('Old.begin_fit is not an event' in m and 'before_fit' in m for m in msgs), msgs
+    assert any('Old.on_batch_end' in m and 'after_batch' in m for m in msgs), msgs
+    class Sloppy(Callback):
+        def after_loss(self): self.loss = 0
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter('always')
+        Learner(nn.Linear(3, 2), tiny_data(), **QUIET).fit(1, cbs=[Sloppy()])
+    assert any('write self.learn.loss' in str(w.message) for w in ws)
+
+def test_parameter_groups_from_a_splitter_reach_the_optimizer_when_it_is_made():
+    m2 = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    learn = Learner(m2, tiny_data(), splitter=lambda m: [list(m[0].parameters()), list(m[1].parameters())], opt_func=optim.SGD, **QUIET)
+    assert learn.opt is None  # made lazily, as in fastai
+    learn.fit(1, lr=[0.01, 0.2])
+    ft.test_eq([pg['lr'] for pg in learn.opt.param_groups], [0.01, 0.2])
+
+def test_the_recorded_loss_is_a_copy_only_where_a_callback_could_change_loss_grad_in_place():
+    class HalveInPlace(Callback):
+        "A penalty written as fastai's regularisers write theirs, in place."
+        def after_loss(self): self.learn.loss_grad *= 0.5
+    class Seen(Callback):
+        "The recorded loss and the loss the gradients came from, at the end of each batch."
+        order = 100
+        def before_fit(self): self.pairs = []
+        def after_batch(self): self.pairs.append((self.learn.loss, self.learn.loss_grad.detach()))
+    for cbs in ([HalveInPlace()], []):
+        seen = Seen()
+        Learner(nn.Linear(3, 2), tiny_data(), cbs=cbs + [seen], **QUIET).fit(1)
+        if cbs: ft.test_eq([loss for loss, grad in seen.pairs], [2 * grad for loss, grad in seen.pairs])
+        else: assert all(loss.data_ptr() == grad.data_ptr() for loss, grad in seen.pairs), 'no callback could change it: no copy'
