@@ -231,6 +231,8 @@ def test_ctrl_c_while_the_command_imports_is_one_line(tmp_path):
     proc = subprocess.Popen([str(exe), '--out', str(tmp_path/'out')], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's: pytest's workers ignore SIGINT
     time.sleep(0.3)  # torch is still importing
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    for _ in range(120):  # a library's bare `except:` can swallow a Ctrl-C that lands inside it: press again, as a user would
+        proc.send_signal(signal.SIGINT)
+        try: _, err = proc.communicate(timeout=0.5); break
+        except subprocess.TimeoutExpired: pass
     assert proc.returncode == 130 and err.strip() == 'exp_lib_train: interrupted', (proc.returncode, err)
