@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export MPLBACKEND := Agg
 
-.PHONY: install test export-check nbtest pytest train bench gpu-wheels test-gpu bench-gpu clean
+.PHONY: install test export-check nbtest pytest docs index train bench gpu-wheels test-gpu bench-gpu clean
 
 # Python 3.9 cannot install torch 2.13 or nbdev 2's pins (fastcore>=1.12.3): say so before pip fails obscurely.
 $(BIN)/python:
@@ -17,7 +17,8 @@ $(BIN)/python:
 # Everything else in one pip call so the nbdev 2 pins (fastcore<2, execnb<0.2) hold against fastprogress.
 $(STAMP): $(BIN)/python setup.py settings.ini
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,docs]"
+	$(BIN)/pip install --quiet --no-deps "django-static-mathjax==3.2.2.1"  # MathJax 3's files for the docs site (Django is not needed)
 	touch $@
 
 install: $(STAMP)
@@ -35,6 +36,7 @@ export-check: $(STAMP)
 	  echo "Edit the notebook, run nbdev_export, and commit notebook and module together."; \
 	  exit 1; \
 	fi; echo "export check: exp_lib/ matches the notebooks"
+	@$(BIN)/python docs/readme_to_index.py --check
 
 # Torch starts a thread per core in every process; two notebooks run at a time, and pytest's kernels and
 # subprocesses run side by side: one thread each, or 2 cores oversubscribe (84 s against 8 s for one notebook).
@@ -43,6 +45,14 @@ export-check: $(STAMP)
 nbtest: $(STAMP)
 	@ls nbs/*.ipynb | OMP_NUM_THREADS=1 xargs -P 2 -n 1 $(BIN)/nbdev_test --do_print --timing --path \
 	  || { echo "nbtest: a notebook failed (its traceback is above)"; exit 1; }
+
+# The documentation site, offline, into _docs/ (docs/build.py says how); tests/test_docs_site.py checks it, in Chromium where installed.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python docs/build.py
+
+# The landing page: nbs/index.ipynb is written from README.md (export-check fails while they disagree).
+index: $(STAMP)
+	$(BIN)/python docs/readme_to_index.py
 
 # pytest exits 5 when it collects nothing; that is not a failure while tests/ is empty.
 # Two pytest workers, one per core; a file's tests stay on one worker (the kernel test's notebooks run once).

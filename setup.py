@@ -32,7 +32,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[cfg['lib_path'], cfg['lib_path'] + '.*']),
     include_package_data=True,
     install_requires=reqs('requirements'),
-    extras_require={'data': reqs('data_requirements'), 'tensorboard': reqs('tensorboard_requirements'), 'dev': reqs('dev_requirements')},
+    extras_require={'data': reqs('data_requirements'), 'tensorboard': reqs('tensorboard_requirements'), 'dev': reqs('dev_requirements'), 'docs': reqs('docs_requirements')},
     python_requires='>=' + cfg['min_python'],
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
