@@ -122,6 +122,8 @@ def test_the_site_in_a_real_browser(served):
                 sizes = drv.execute_script("return [...document.querySelectorAll('article img')].map(i => i.naturalWidth)")
                 assert stem == '04_callbacks' or (sizes and all(sizes)), (stem, sizes)
                 assert drv.find_elements(By.CSS_SELECTOR, 'article pre code'), stem
+            if stem == '03_minibatch':  # the LogSumExp formula, typeset by the local MathJax
+                WebDriverWait(drv, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, 'mjx-container svg'))
             if stem in ('index', '04_callbacks', '16_accel_sgd'): drv.save_screenshot(str(shots/f'{stem}.png'))
         drv.get(f'{served}/index.html')
         box = drv.find_element(By.CSS_SELECTOR, 'input.md-search__input')
