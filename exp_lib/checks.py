@@ -108,11 +108,13 @@ def _explain(learn, e):
                                  f"(e.g. Dataset(x.float(), y)) or the model (model.to({bad[0]})).")
     if 'self.loss_func(' not in line: return None
     p, t = shape_of(learn.pred), ', '.join(str(shape_of(o)) for o in learn.yb)
-    if isinstance(e, UserWarning):
+    try: both = isinstance(e, UserWarning) and tuple(torch.broadcast_shapes(learn.pred.shape, learn.yb[0].shape))
+    except RuntimeError: both = None  # shapes that do not even broadcast: the loss would have failed, as below
+    if both:
         return ValueError(f"{loss_name(learn.loss_func)} got predictions of shape {p} and targets of shape {t}, which broadcast to "
-                          f"{tuple(torch.broadcast_shapes(learn.pred.shape, learn.yb[0].shape))}: every prediction would be compared with every target. "
+                          f"{both}: every prediction would be compared with every target. "
                           f"Give them the same shape (e.g. squeeze the model's last dimension, or unsqueeze the targets).")
-    if not isinstance(e, (RuntimeError, ValueError, IndexError)): return None
+    if not isinstance(e, (RuntimeError, ValueError, IndexError, UserWarning)): return None
     return ValueError(f"{loss_name(learn.loss_func)} failed on predictions of shape {p} and targets of shape {t}: {str(e).rstrip('.')}. "
                       f"Check that the model's output matches the loss (e.g. {getattr(learn.data, 'c', None) or 'c'} class scores per item for cross entropy).")
 
