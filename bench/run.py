@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn, optim
 import torch.utils.data as tud
 from exp_lib.all import (Learner, DataBunch, DataLoader, Dataset, accuracy, make_optimizer, Adam, SGD, RMSProp, Lamb, SyncCounter, Callback,
-                         DistributedTrainer, flat_parts)
+                         DistributedTrainer, flat_parts, AvgStatsCallback, Recorder, MoveToDevice)
 from exp_lib.compiled import CompiledPass
 
 def interleaved(fns, reps, warmup=2):
@@ -134,9 +134,11 @@ def python_bound_rows(reps, n=20_000, bs=64):
     def parts():
         torch.manual_seed(0)
         return nn.Sequential(nn.Linear(10, 4), nn.ReLU(), nn.Linear(4, 2)), DataBunch(DataLoader(Dataset(x, y), bs, shuffle=True), None)
-    def learner():
+    def learner(bare=False):
         model, data = parts()
-        Learner(model, data, opt_func=optim.SGD, lr=0.1, progress=False, logger=lambda row: None).fit(1)
+        learn = Learner(model, data, opt_func=optim.SGD, lr=0.1, progress=False, logger=lambda row: None)
+        if bare: learn.remove_cbs([AvgStatsCallback, Recorder, MoveToDevice])  # the loop and TrainEvalCallback, which cannot be removed
+        learn.fit(1)
     def handwritten():
         model, data = parts()
         opt = optim.SGD(model.parameters(), lr=0.1)
@@ -145,11 +147,13 @@ def python_bound_rows(reps, n=20_000, bs=64):
             F.cross_entropy(model(xb), yb).backward(); opt.step(); opt.zero_grad()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try: (ours, base), (_, ratio) = interleaved([learner, handwritten], reps)
+    try: (ours, base, bare), (_, ratio, _) = interleaved([learner, handwritten, partial(learner, bare=True)], reps)
     finally: torch.set_num_threads(threads)
     batches = -(-n // bs)
     return [('Learner.fit, 1 epoch of a 10-4-2 model (Python-bound, as the MLP on a GPU), per batch', ours / batches,
-             'the same loop by hand, same DataLoader', base / batches, None, 'max', ratio)]
+             'the same loop by hand, same DataLoader', base / batches, None, 'max', ratio),
+            ('  the loop alone: no callback but TrainEvalCallback, per batch (the floor of fastai\'s shape)', bare / batches,
+             'the same loop by hand, same DataLoader', base / batches, None, 'max', bare / base)]
 
 def bench_fit(reps):
     """1. One epoch of Learner.fit on the CPU against a hand-written loop (`epoch_rows`); where Python sets the pace, as on a GPU

@@ -473,8 +473,10 @@ def resumes_record(learn, n_epochs):
     return 0 < learn.start_epoch == n_epochs
 
 def _stack(vals):
-    "One 1-d float64 tensor from per-batch values (0-d tensors or numbers)."
-    return (torch.stack([v.reshape(()) for v in vals]) if isinstance(vals[0], torch.Tensor) else torch.tensor(vals)).double()
+    "One 1-d float64 tensor from per-batch values (tensors of one element, or numbers)."
+    if not isinstance(vals[0], torch.Tensor): return torch.tensor(vals).double()
+    try: return torch.stack(vals).reshape(-1).double()  # one copy when every batch gave one shape (a loss's `()`)
+    except RuntimeError: return torch.stack([v.reshape(()) for v in vals]).double()  # `()` and `(1,)` mixed
 
 def _one_number(v, name):
     "`v`, one batch's value of metric `name` (a tensor, a NumPy or a Python number), as a tensor of one element."
@@ -518,7 +520,7 @@ class AvgMetric(Metric):
 class AvgLoss(AvgMetric):
     "The loss averaged over the items of the phase."
     def __init__(self): super().__init__(None)
-    def _batch_value(self, learn): return learn.loss
+    def _batch_value(self, learn): return learn.loss.detach() if learn.loss.requires_grad else learn.loss  # the loop's is detached
     @property
     def name(self): return 'loss'
 

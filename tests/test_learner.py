@@ -144,9 +144,9 @@ def test_errors_name_the_problem_and_the_fix():
 
 class Computes(TorchDispatchMode):
     "Counts the operations that compute something (a kernel each, on a GPU), leaving out views and detaches, which only alias their input."
-    def __init__(self): super().__init__(); self.n = collections.Counter()
+    def __init__(self, aliases=False): super().__init__(); self.n, self.aliases = collections.Counter(), aliases
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not any(r.alias_info is not None for r in func._schema.returns): self.n[str(func)] += 1
+        if self.aliases or not any(r.alias_info is not None for r in func._schema.returns): self.n[str(func)] += 1
         return func(*args, **(kwargs or {}))
 
 def test_a_training_batch_computes_what_a_hand_written_loop_computes():
@@ -155,21 +155,40 @@ def test_a_training_batch_computes_what_a_hand_written_loop_computes():
     def parts(n):
         torch.manual_seed(0)
         return nn.Sequential(nn.Linear(10, 4), nn.ReLU(), nn.Linear(4, 2)), DataLoader(Dataset(x[:n], y[:n]), 64, shuffle=True)
-    def learner(n):
+    def learner(n, aliases=False):
         model, dl = parts(n)
         learn = Learner(model, DataBunch(dl, None), opt_func=optim.SGD, lr=0.1, **QUIET)
-        with Computes() as c: learn.fit(1)
+        with Computes(aliases) as c: learn.fit(1)
         return c.n
-    def by_hand(n):
+    def by_hand(n, aliases=False):
         model, dl = parts(n)
         opt = optim.SGD(model.parameters(), lr=0.1)
-        with Computes() as c:
+        with Computes(aliases) as c:
             for xb, yb in dl: F.cross_entropy(model(xb), yb).backward(); opt.step(); opt.zero_grad()
         return c.n
-    per_batch = lambda count: dict(count(640) - count(320))  # 5 batches more: what a fit does once cancels out
+    per_batch = lambda count: count(640) - count(320)  # 5 batches more: what a fit does once cancels out
     ours, theirs = per_batch(learner), per_batch(by_hand)
     assert ours == theirs, (ours, theirs)
     assert theirs['aten.addmm.default'] == 10, theirs  # it counts: two layers, five batches
+    # Each torch call costs Python time, which a GPU shows: beside the loop's own `loss = loss_grad.detach()`, no callback adds one
+    # per batch, not even a view (the epoch's averages stack the batches' losses at once; the Recorder keeps the loop's loss as it is)
+    ours, theirs = per_batch(partial(learner, aliases=True)), per_batch(partial(by_hand, aliases=True))
+    ft.test_eq((ours - theirs, theirs - ours), (collections.Counter({'aten.detach.default': 5}), collections.Counter()))
+
+def test_the_records_of_the_loss_keep_no_graph():
+    "A callback that makes `learn.loss` a tensor with a graph (against the loop's contract) makes neither the Recorder nor the epoch's averages keep it."
+    import warnings
+    class Graphed(Callback):
+        def after_loss(self): self.learn.loss = self.learn.loss_grad * 1
+    class Kept(Callback):
+        order = 60  # after AvgStatsCallback: what it kept of the epoch, before the next epoch resets it
+        def after_epoch(self): self.kept = list(self.learn.avg_stats.train_stats.loss.vals)
+    learn = Learner(nn.Linear(3, 2), tiny_data(), cbs=[Graphed(), kept := Kept()], **QUIET)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # float() of a tensor with a graph warns
+        learn.fit(1)
+    assert learn.recorder.losses and not any(l.requires_grad for l in learn.recorder.losses)
+    assert kept.kept and not any(l.requires_grad for l in kept.kept)
 
 def test_callback_mistakes_are_reported():
     "An old event name is reported by add_cb with the event it means; a callback setting learner state on itself is warned about."
@@ -212,3 +231,18 @@ def test_the_recorded_loss_is_a_copy_only_where_a_callback_could_change_loss_gra
         Learner(nn.Linear(3, 2), tiny_data(), cbs=cbs + [seen], **QUIET).fit(1)
         if cbs: ft.test_eq([loss for loss, grad in seen.pairs], [2 * grad for loss, grad in seen.pairs])
         else: assert all(loss.data_ptr() == grad.data_ptr() for loss, grad in seen.pairs), 'no callback could change it: no copy'
+
+def test_a_metric_of_one_element_in_any_shape_is_averaged():
+    "Batch values of shape () and (1,), mixed in one phase, average as numbers (the epoch's values are stacked at once when shapes agree)."
+    calls = []
+    def odd_shapes(pred, y):
+        calls.append(1)
+        v = accuracy(pred, y)
+        return v.reshape(1) if len(calls) % 2 else v
+    torch.manual_seed(0)
+    data = DataBunch(DataLoader(Dataset(torch.randn(8, 3), torch.randint(0, 2, (8,))), 2),
+                     DataLoader(Dataset(torch.randn(6, 3), torch.randint(0, 2, (6,))), 2))
+    learn = Learner(nn.Linear(3, 2), data, metrics=[odd_shapes, accuracy], **QUIET)
+    learn.fit(1)
+    row = learn.avg_stats.history[-1]
+    ft.test_close(row['odd_shapes'], row['accuracy'])
