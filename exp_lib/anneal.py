@@ -46,8 +46,7 @@ class Recorder(Callback):
         learn = self.learn
         if not learn.training or learn.loss is None: return
         for k, vals in self.hypers.items(): vals.append([pg[k] for pg in self.pgs])
-        loss = learn.loss
-        self.losses.append(loss.detach() if loss.requires_grad else loss)  # the loop's own loss is detached already: no op per batch
+        self.losses.append(learn.loss.detach() if learn.loss.requires_grad else learn.loss)  # the loop's is detached: no op per batch
 
     def after_train(self): self.epoch_ends.append(len(self.losses))
 
