@@ -99,13 +99,17 @@ def _failing_line(e):
     return line
 
 def _explain(learn, e):
-    "A clearer error for `e`, raised by the model (inputs of another dtype) or the loss (shapes) on a batch; None if it is neither."
+    "A clearer error for `e`, raised by the model (inputs of another dtype), the loss (shapes) or the backward pass (a loss not reduced); None if none."
     line = _failing_line(e)
     if 'self.model(' in line and isinstance(e, RuntimeError):
         p = next(learn.model.parameters(), None)
         bad = [t.dtype for t in learn.xb if isinstance(t, torch.Tensor) and t.is_floating_point() and p is not None and t.dtype != p.dtype]
         if bad: return TypeError(f"The inputs are {bad[0]} but the model's parameters are {p.dtype}, and the model cannot mix them. Convert the data "
                                  f"(e.g. Dataset(x.float(), y)) or the model (model.to({bad[0]})).")
+    if '_backward' in line and isinstance(e, RuntimeError) and isinstance(learn.loss_grad, torch.Tensor) and learn.loss_grad.numel() != 1:
+        return ValueError(f"{loss_name(learn.loss_func)} gave {shape_of(learn.loss_grad)} values for one batch, and the gradients start from one "
+                          f"number: make the loss reduce over the batch (reduction='mean', the default of PyTorch's losses, or .mean() at "
+                          f"the end of a loss function of your own).")
     if 'self.loss_func(' not in line: return None
     p, t = shape_of(learn.pred), ', '.join(str(shape_of(o)) for o in learn.yb)
     try: both = isinstance(e, UserWarning) and tuple(torch.broadcast_shapes(learn.pred.shape, learn.yb[0].shape))

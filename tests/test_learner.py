@@ -51,6 +51,8 @@ def test_bad_input_to_the_loop_is_explained_before_anything_trains():
     ft.test_fail(lambda: Learner(nn.Linear(3, 2), tiny_data(), splitter=lambda m: []).create_opt(), contains='The splitter returned no parameters')
     one_class = Learner(nn.Linear(3, 1), tiny_data(), **QUIET)
     ft.test_fail(lambda: one_class.fit(1), contains='cross_entropy failed on predictions of shape (2, 1) and targets of shape (2,)')
+    unreduced = Learner(nn.Linear(3, 2), tiny_data(), loss_func=nn.CrossEntropyLoss(reduction='none'), **QUIET)
+    ft.test_fail(lambda: unreduced.fit(1), contains="CrossEntropyLoss gave (2,) values for one batch")
     for n, msg in ((0, 'n_epoch must be a whole number >= 1, got n_epoch=0'), (-3, 'got n_epoch=-3'), (1.5, 'got n_epoch=1.5')):
         ft.test_fail(lambda: learn.fit(n), contains=msg)
     ft.test_fail(lambda: learn.fit(2, start_epoch=2), contains='start_epoch=2 must be below n_epoch=2')
