@@ -21,8 +21,8 @@ from .checkpoint import cb_states
 
 # %% ../nbs/05_anneal.ipynb #c9e35ee8
 def _stack_cpu(ts):
-    "0-d tensors stacked on the CPU, one copy per run of them on one device (a resumed record holds the checkpoint's on the CPU)."
-    runs = [torch.stack(list(g)).cpu() for _, g in itertools.groupby(ts, key=lambda t: t.device)]
+    "One-element tensors (losses) as a 1-d tensor on the CPU, one copy per run of them on one device (a resumed record holds some on the CPU)."
+    runs = [torch.stack(list(g)).cpu().reshape(-1) for _, g in itertools.groupby(ts, key=lambda t: t.device)]
     return torch.cat(runs) if runs else torch.zeros(0)
 
 # %% ../nbs/05_anneal.ipynb #2f5ed5eb

@@ -248,3 +248,12 @@ def test_a_metric_of_one_element_in_any_shape_is_averaged():
     learn.fit(1)
     row = learn.avg_stats.history[-1]
     ft.test_close(row['odd_shapes'], row['accuracy'])
+
+def test_a_loss_of_shape_1_is_recorded_and_smoothed_as_a_number():
+    "A loss function returning one value of shape (1,) (which trains, and which the epoch's averages take) gives the Recorder numbers too."
+    def loss1(pred, y): return F.cross_entropy(pred, y).reshape(1)
+    learn = Learner(nn.Linear(3, 2), tiny_data(), loss_func=loss1, **QUIET)
+    learn.fit(2)
+    ft.test_eq(learn.recorder.smooth_losses.shape, (4,))
+    assert isinstance(learn.smooth_loss, float)
+    learn.recorder.plot_loss()
